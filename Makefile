@@ -1,0 +1,31 @@
+# The two commands: `make demo` and `make test`. Each creates/updates .venv itself.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dutrain-setup
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+
+.PHONY: venv test test-unit demo bench tracking-server clean
+
+$(STAMP): pyproject.toml requirements/constraints-cpu.txt scripts/setup_env.sh scripts/fix_torchvision_cpu.sh
+	VENV=$(VENV) scripts/setup_env.sh
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+demo: $(STAMP)
+	$(VENV)/bin/dutrain pipeline --config workflows/configs/pipeline/demo.yaml
+
+bench: $(STAMP)
+	for b in tests/benchmarks/bench_*.py; do $(PY) $$b; done
+
+clean:
+	rm -rf runs/ mlflow.db .pytest_cache

@@ -1,0 +1,3 @@
+"""dutrain: train vision-language models to understand image degradation physically."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create or update .venv with the pinned CPU set (requirements/constraints-cpu.txt).
+# Order matters (ENVIRONMENT.md): torch's CPU wheel first, so nothing pulls a CUDA torch;
+# then everything else; then remove torchaudio/torchcodec (CUDA builds that break `import vllm`)
+# and patch torchvision so it loads beside the CPU torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+$PIP install --upgrade "pip>=24" wheel setuptools
+TORCH=$(grep -E '^torch==' requirements/constraints-cpu.txt | sed 's/+cpu//')
+$PIP install "$TORCH"
+$PIP install -c requirements/constraints-cpu.txt -e ".[cpu,dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+$PIP uninstall -y torchaudio torchcodec >/dev/null 2>&1 || true
+scripts/fix_torchvision_cpu.sh "$VENV/bin/python"
+"$VENV/bin/python" -c "import dutrain, ray, vllm, trl, mlflow, transformers; print('environment ok:', 'ray', ray.__version__, 'vllm', vllm.__version__, 'transformers', transformers.__version__)"
