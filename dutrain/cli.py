@@ -1,0 +1,94 @@
+"""`dutrain VERB [--config FILE.yaml] [key=value ...]` — the only module that reads argv."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+
+from dutrain import __version__
+from dutrain.config import VERBS, ConfigError, help_rows, load_config
+
+USAGE = "usage: dutrain VERB [--config FILE.yaml] [key=value ...]   (dutrain VERB --help)"
+
+
+def _main_help() -> str:
+    width = max(len(v) for v in VERBS) if VERBS else 8
+    lines = [f"dutrain {__version__}: train VLMs to understand image degradation physically", "",
+             USAGE, "", "verbs:"]
+    lines += [f"  {name:<{width}}  {v.help}" for name, v in VERBS.items()]
+    lines += ["", "Config: defaults ← --config FILE.yaml ← key=value overrides (dotted keys, YAML "
+                  "values, e.g. sources=[builtin,/data/imgs] tracking.uri=http://127.0.0.1:5000).",
+              "Secrets (AWS_*, MLFLOW_TRACKING_TOKEN, RAY_AUTH_TOKEN) come from the environment only."]
+    return "\n".join(lines)
+
+
+def _verb_help(name: str) -> str:
+    verb = VERBS[name]
+    rows = help_rows(verb.config_class())
+    kw = max(len(r[0]) for r in rows)
+    dw = min(max(len(r[1]) for r in rows), 28)
+    out = [f"usage: dutrain {name} [--config FILE.yaml] [key=value ...]", "", verb.help, "",
+           "keys (default, description):"]
+    for key, default, doc in rows:
+        wrapped = textwrap.wrap(doc, 100 - kw - dw - 6) or [""]
+        out.append(f"  {key:<{kw}}  {default:<{dw}}  {wrapped[0]}")
+        out += [" " * (kw + dw + 6) + w for w in wrapped[1:]]
+    return "\n".join(out)
+
+
+def split_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
+    """(--config file, key=value overrides, --help asked) from a verb's argv."""
+    config, overrides, want_help = None, [], False
+    it = iter(argv)
+    for a in it:
+        if a in ("-h", "--help"):
+            want_help = True
+        elif a in ("-c", "--config"):
+            config = next(it, None)
+            if config is None:
+                raise ConfigError("--config needs a file name")
+        elif a.startswith("--config="):
+            config = a.split("=", 1)[1]
+        elif a.startswith("-"):
+            raise ConfigError(f"unknown option '{a}'; options: --config FILE, --help; "
+                              f"everything else is key=value")
+        else:
+            overrides.append(a)
+    return config, overrides, want_help
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_main_help())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in VERBS:
+        import difflib
+        close = difflib.get_close_matches(name, list(VERBS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        print(f"dutrain: unknown verb '{name}'{hint}; verbs: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    verb = VERBS[name]
+    if name == "submit":  # submit forwards its own argv (a verb and that verb's overrides)
+        return int(verb.run_fn()(rest) or 0)
+    try:
+        config, overrides, want_help = split_args(rest)
+        if want_help:
+            print(_verb_help(name))
+            return 0
+        cfg = load_config(verb.config_class(), config, overrides, verb=name)
+    except ConfigError as exc:
+        print(f"dutrain {name}: config error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    result = verb.run_fn()(cfg)
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The verbs `dutrain` offers: name → (config class, runner, one-line help).
+
+Imports are lazy ("module:attr" strings) so `dutrain --help` starts fast. Only verbs that work
+are listed here; each stage adds its line when it lands.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    config: str  # "module:Class"
+    runner: str  # "module:function" taking the validated config
+    help: str
+
+    def config_class(self) -> type:
+        return _load(self.config)
+
+    def run_fn(self) -> Callable[[Any], Any]:
+        return _load(self.runner)
+
+
+def _load(path: str) -> Any:
+    mod, attr = path.split(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+VERBS: dict[str, Verb] = {v.name: v for v in [
+]}

@@ -1,0 +1,168 @@
+"""MLflow runs for dutrain stages (DESIGN.md §8). Side effects on rank 0 only.
+
+    with stage_run(cfg, "generate") as run:
+        run.log_metrics({"rows_per_s": 31.2})
+        run.log_artifact("out/preview.png")
+
+Tracking URI: ``cfg.tracking.uri`` → ``$MLFLOW_TRACKING_URI`` → ``sqlite:///<cwd>/mlflow.db``.
+A ``pipeline`` run exports ``DUTRAIN_PARENT_RUN_ID`` so each stage run becomes its child.
+Params are the redacted, flattened config; text artifacts are scrubbed of secret values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from dutrain.config.secrets import flatten, redacted, scrub
+
+PARENT_ENV = "DUTRAIN_PARENT_RUN_ID"
+STAGES = ("generate", "sft", "rl", "eval", "restore", "compare", "pipeline")
+_MAX_PARAM = 6000  # MLflow's param value limit
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    if uri:
+        return uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def is_rank_zero() -> bool:
+    """True outside distributed training and on global rank 0 inside it."""
+    for var in ("RANK", "DUTRAIN_RANK"):
+        if os.environ.get(var) not in (None, "", "0"):
+            return False
+    return True
+
+
+class Tracker:
+    """A handle on one MLflow run; every method is a no-op when tracking is off."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None, artifact_uri: str | None = None):
+        self._client = client
+        self.run_id = run_id
+        self.artifact_uri = artifact_uri
+
+    @property
+    def active(self) -> bool:
+        return self._client is not None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Metric
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
+              if v is not None and _finite(v)]
+        for i in range(0, len(ms), 500):
+            self._client.log_batch(self.run_id, metrics=ms[i:i + 500])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Param
+        ps = [Param(k, scrub(_param_str(v))[:_MAX_PARAM]) for k, v in params.items()]
+        for i in range(0, len(ps), 100):
+            self._client.log_batch(self.run_id, params=ps[i:i + 100])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.active:
+            for k, v in tags.items():
+                self._client.set_tag(self.run_id, k, scrub(str(v)))
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        if self.active and Path(path).exists():
+            if Path(path).is_dir():
+                self._client.log_artifacts(self.run_id, str(path), artifact_path)
+            else:
+                self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, name: str) -> None:
+        """Write `text` (scrubbed) as artifact `name` (a relative path inside the run)."""
+        if not self.active:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / Path(name).name
+            p.write_text(scrub(text))
+            parent = str(Path(name).parent) if str(Path(name).parent) != "." else None
+            self._client.log_artifact(self.run_id, str(p), parent)
+
+    def log_dict(self, data: Any, name: str) -> None:
+        text = yaml.safe_dump(data, sort_keys=False) if name.endswith((".yaml", ".yml")) \
+            else json.dumps(data, indent=2, default=str)
+        self.log_text(text, name)
+
+
+def _finite(v: Any) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f == f and f not in (float("inf"), float("-inf"))
+
+
+def _param_str(v: Any) -> str:
+    if isinstance(v, (list, tuple, dict)):
+        return json.dumps(v, default=str)
+    return str(v)
+
+
+@contextlib.contextmanager
+def stage_run(cfg: Any, stage: str, *, run_name: str | None = None,
+              params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
+              rank_zero: bool | None = None) -> Iterator[Tracker]:
+    """An MLflow run for one stage with the redacted config as params and tag dutrain.stage.
+
+    Yields a no-op Tracker off rank 0 or when ``cfg.tracking.enabled`` is false. The run ends
+    FAILED if the body raises (the exception propagates).
+    """
+    tcfg = getattr(cfg, "tracking", None)
+    enabled = tcfg is None or tcfg.enabled
+    if rank_zero is None:
+        rank_zero = is_rank_zero()
+    if not (enabled and rank_zero):
+        yield Tracker()
+        return
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    uri = tracking_uri(getattr(tcfg, "uri", None))
+    client = MlflowClient(tracking_uri=uri)
+    exp_name = getattr(tcfg, "experiment", "dutrain")
+    exp = client.get_experiment_by_name(exp_name)
+    exp_id = exp.experiment_id if exp else _create_experiment(client, exp_name)
+    name = run_name or getattr(tcfg, "run_name", None) or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    all_tags = {"dutrain.stage": stage, MLFLOW_RUN_NAME: name}
+    parent = os.environ.get(PARENT_ENV)
+    if parent and stage != "pipeline":
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent
+    all_tags.update(tags or {})
+    run = client.create_run(exp_id, tags={k: scrub(str(v)) for k, v in all_tags.items()},
+                            run_name=name)
+    tracker = Tracker(client, run.info.run_id, run.info.artifact_uri)
+    status = "FAILED"
+    try:
+        conf = redacted(cfg) if cfg is not None else {}
+        tracker.log_params({**flatten(conf), **(params or {})})
+        tracker.log_dict(conf, "config.yaml")
+        yield tracker
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run.info.run_id, status=status)
+
+
+def _create_experiment(client: Any, name: str) -> str:
+    try:
+        return client.create_experiment(name)
+    except Exception:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
