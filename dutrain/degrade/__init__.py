@@ -1,1 +1,15 @@
-"""dutrain.degrade"""
+"""Physical degradation library (DESIGN.md §3): operators, registry, chain sampler and applier.
+
+`apply_chain(image_uint8_hwc, annotation, seed)` is the public, deterministic entry point; the
+conventions an outside program needs to re-apply an annotation are in `chain` and in each
+operator module's docstring.
+"""
+
+from ._image import to_float, to_rgb_uint8, to_uint8
+from .chain import (DEFAULT_TYPE_PROBS, REGISTRY, apply_chain, apply_operator, operator_rng,
+                    sample_chain)
+
+__all__ = [
+    "DEFAULT_TYPE_PROBS", "REGISTRY", "apply_chain", "apply_operator", "operator_rng",
+    "sample_chain", "to_float", "to_rgb_uint8", "to_uint8",
+]
