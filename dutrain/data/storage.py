@@ -1,0 +1,48 @@
+"""Local paths and s3:// URIs behind one fsspec interface.
+
+S3 honours the standard AWS_* variables (credentials, AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) and
+`storage.endpoint_url` / `storage.region` from the config; credentials never come from config.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import fsspec
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def s3_options(storage: Any = None) -> dict[str, Any]:
+    """s3fs options from the config's storage section and the environment."""
+    endpoint = getattr(storage, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL") \
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+    region = getattr(storage, "region", None) or os.environ.get("AWS_DEFAULT_REGION") \
+        or os.environ.get("AWS_REGION")
+    client_kwargs: dict[str, Any] = {}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    if region:
+        client_kwargs["region_name"] = region
+    return {"client_kwargs": client_kwargs} if client_kwargs else {}
+
+
+def filesystem(uri: str, storage: Any = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a local path or URI."""
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        import s3fs
+        return s3fs.S3FileSystem(**s3_options(storage)), uri[len("s3://"):]
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if is_remote(uri):
+        fs, path = fsspec.core.url_to_fs(uri)
+        return fs, path
+    return fsspec.filesystem("file"), os.path.abspath(uri)
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([str(uri).rstrip("/"), *[p.strip("/") for p in parts]])
