@@ -39,9 +39,9 @@ def disk_kernel(radius: float) -> np.ndarray:
 
 def gaussian_blur(img: np.ndarray, params: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     k = gaussian_kernel1d(params["sigma"])
-    n = k.size
-    rows = np.zeros((n, n)); rows[n // 2] = k
-    return correlate_taps(correlate_taps(img, rows), rows.T)
+    row = np.zeros((k.size, k.size))
+    row[k.size // 2] = k  # a 1-D kernel as the middle row of a square: rows, then columns
+    return correlate_taps(correlate_taps(img, row), row.T)
 
 
 def motion_blur(img: np.ndarray, params: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
