@@ -31,4 +31,6 @@ def _load(path: str) -> Any:
 
 
 VERBS: dict[str, Verb] = {v.name: v for v in [
+    Verb("submit", "dutrain.config.submit:SubmitConfig", "dutrain.submit:run",
+         "run a verb as a Ray job on a cluster; --status/--logs/--stop ID"),
 ]}
