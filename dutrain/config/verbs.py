@@ -31,6 +31,8 @@ def _load(path: str) -> Any:
 
 
 VERBS: dict[str, Verb] = {v.name: v for v in [
+    Verb("generate", "dutrain.config.generate:GenerateConfig", "dutrain.data.generate:run",
+         "synthesize clean/degraded pairs with exact annotations (Ray Data → Parquet)"),
     Verb("submit", "dutrain.config.submit:SubmitConfig", "dutrain.submit:run",
          "run a verb as a Ray job on a cluster; --status/--logs/--stop ID"),
 ]}
