@@ -35,4 +35,6 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
          "synthesize clean/degraded pairs with exact annotations (Ray Data → Parquet)"),
     Verb("submit", "dutrain.config.submit:SubmitConfig", "dutrain.submit:run",
          "run a verb as a Ray job on a cluster; --status/--logs/--stop ID"),
+    Verb("eval", "dutrain.config.eval:EvalConfig", "dutrain.evaluate.run:run_eval",
+         "score a model, a baseline or a predictions file: metrics, report, plots"),
 ]}

@@ -1,0 +1,92 @@
+"""`dutrain eval`: score a model, a baseline or a predictions file on chosen splits of a dataset."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from .common import RayConfig, StorageConfig, TrackingConfig
+from .core import ConfigError, configclass, option
+
+BASELINES = ("baseline:prior", "baseline:classical")
+
+
+@configclass
+class RewardWeights:
+    """Weights of the reward `total` (DESIGN.md §6); the defaults sum to 1."""
+
+    format: float = option(0.1, "weight of the format component", min=0)
+    type: float = option(0.4, "weight of the type component", min=0)
+    key: float = option(0.1, "weight of the key component", min=0)
+    value: float = option(0.4, "weight of the value component", min=0)
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
+
+
+@configclass
+class GenerationConfig:
+    """How a model is served for evaluation (vLLM workers as Ray actors)."""
+
+    workers: int = option(1, "vLLM workers (Ray actors), each with its own engine", min=1)
+    cpus_per_worker: float = option(1.0, "CPUs reserved per worker", min=0)
+    gpus_per_worker: float = option(0.0, "GPUs per worker (0 on CPU)", min=0)
+    batch_size: int = option(16, "images per generate call", min=1)
+    max_tokens: int = option(384, "completion length limit (tokens)", min=1)
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)", min=0)
+    structured: bool = option(False, "constrain decoding to the answer grammar")
+    dtype: str = option("float32", "engine dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    max_model_len: int = option(1024, "engine context length (tokens)", min=64)
+    seed: int = option(0, "sampling seed")
+
+
+@configclass
+class EvalConfig:
+    dataset: str = option("runs/data/demo", "dataset root (local path or s3://...)")
+    splits: list[str] = option(default_factory=lambda: ["test", "ood"],
+                               doc="splits to evaluate (train, val, test, ood)")
+    limit: int | None = option(None, "at most this many samples per split (first by sample_id)",
+                               min=1)
+    model: str | None = option(None, "model to evaluate: a checkpoint directory, s3:// URI, hub "
+                                     "id, 'tiny', 'baseline:prior' or 'baseline:classical' "
+                                     "(default: 'tiny' unless 'predictions' is set)")
+    predictions: str | None = option(None, "instead of a model: a JSONL file of "
+                                           "{\"sample_id\": ..., \"completion\": ...} lines")
+    name: str | None = option(None, "label of the evaluated system in reports (default: from "
+                                    "model or predictions)")
+    output: str = option("runs/eval", "folder for metrics.json, report.md, plots, completions")
+    calibration_samples: int = option(400, "train rows used to calibrate the classical baseline",
+                                      min=10)
+    plots: bool = option(True, "draw the plots")
+    rewards: RewardWeights = option(default_factory=RewardWeights, doc="reward weights")
+    generation: GenerationConfig = option(default_factory=GenerationConfig, doc="model serving")
+    tracking: TrackingConfig = option(default_factory=TrackingConfig, doc="MLflow")
+    storage: StorageConfig = option(default_factory=StorageConfig, doc="S3 settings")
+    ray: RayConfig = option(default_factory=RayConfig, doc="Ray cluster")
+
+    def validate(self) -> None:
+        if self.model is not None and self.predictions is not None:
+            raise ConfigError("set one of 'model' (a checkpoint, hub id, 'tiny', "
+                              f"{' or '.join(repr(b) for b in BASELINES)}) and 'predictions' "
+                              "(a JSONL file), not both")
+        if self.model and self.model.startswith("baseline:") and self.model not in BASELINES:
+            raise ConfigError(f"bad value for 'model': {self.model!r} (allowed baselines: "
+                              f"{', '.join(BASELINES)})")
+        allowed = ("train", "val", "test", "ood")
+        bad = [s for s in self.splits if s not in allowed]
+        if bad or not self.splits:
+            raise ConfigError(f"bad value for 'splits': {list(self.splits)!r} (allowed: a "
+                              f"non-empty list of {', '.join(allowed)})")
+
+    @property
+    def source(self) -> str:
+        """The model to run ('tiny' by default), or 'predictions' when a file is given."""
+        if self.predictions is not None:
+            return "predictions"
+        return self.model or "tiny"
+
+    @property
+    def system(self) -> str:
+        """The evaluated system's label (MLflow param `model`)."""
+        if self.name:
+            return self.name
+        return f"predictions:{self.predictions}" if self.predictions is not None else self.source

@@ -1,0 +1,198 @@
+"""The two rows a trained model must beat: `baseline:prior` and `baseline:classical`.
+
+- prior: always answers the training split's most likely chain: the most frequent type set, each
+  key at the grid value nearest the median of that key over the training rows holding its type.
+- classical: the non-learned estimators of `estimators` plus a decision rule, calibrated on
+  training rows: per stage, a threshold on one presence statistic (the one maximizing that stage's
+  F1 on train); within a stage holding several types, the nearest class mean of standardized
+  discriminating features; per key, a least-squares line from the raw physical estimate to the
+  value (identity where the estimate is already the physical value: JPEG quality, angles). Values
+  are clamped to the valid range, snapped to the grid and written with `render_answer`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from dutrain.schema import STAGES, TAXONOMY, canonical_json, canonicalize, render_answer
+
+from .estimators import measure
+
+
+# ----------------------------------------------------------------------------------------- prior
+
+def prior_annotation(annotations: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The most likely chain of a set of annotations (see module doc)."""
+    anns = [canonicalize(a) for a in annotations]
+    if not anns:
+        raise ValueError("the prior baseline needs training annotations; the train split is empty")
+    sets = Counter(tuple(d["type"] for d in a["degradations"]) for a in anns)
+    best = min(sets, key=lambda s: (-sets[s], s))  # ties: first in sorted order, reproducibly
+    out = []
+    for t in best:
+        params = {}
+        for p in TAXONOMY[t].params:
+            vals = [d["params"][p.key] for a in anns for d in a["degradations"] if d["type"] == t]
+            params[p.key] = p.snap(float(np.median(vals)))
+        out.append({"type": t, "params": params})
+    return canonicalize({"degradations": out})
+
+
+@dataclass
+class PriorBaseline:
+    annotation: dict[str, Any]
+    support: float  # share of training rows with this type set
+
+    @classmethod
+    def fit(cls, annotations: Iterable[Mapping[str, Any]]) -> "PriorBaseline":
+        anns = [canonicalize(a) for a in annotations]
+        ann = prior_annotation(anns)
+        types = [d["type"] for d in ann["degradations"]]
+        share = sum(1 for a in anns if [d["type"] for d in a["degradations"]] == types) / len(anns)
+        return cls(ann, share)
+
+    def complete(self, images: Sequence[Any]) -> list[str]:
+        text = render_answer(self.annotation, f"Prior: the most frequent chain of the training "
+                                              f"split ({self.support:.1%} of rows); no cue used.")
+        return [text] * len(images)
+
+    def describe(self) -> dict[str, Any]:
+        return {"annotation": canonical_json(self.annotation), "support": self.support}
+
+
+# ------------------------------------------------------------------------------------- classical
+
+#: stage → (presence statistic, sign): the stage is present when sign * statistic > threshold
+PRESENCE: dict[int, tuple[str, float]] = {
+    1: ("haze_gradient", 1.0), 2: ("streaks", 1.0), 3: ("edge_width", 1.0), 4: ("bright_p99", -1.0),
+    5: ("cutoff", -1.0), 6: ("noise_sigma", 1.0), 7: ("jpeg_score", 1.0),
+}
+#: stage → features that tell its types apart
+DISCRIMINATE: dict[int, tuple[str, ...]] = {3: ("anisotropy", "lsf_shape", "edge_width"),
+                                            6: ("noise_signal_share",)}
+#: type.key → raw estimate; `None` = the training median; IDENTITY keys are not re-fitted
+RAW: dict[str, str | None] = {
+    "haze.beta": "haze_beta", "haze.airlight": "haze_airlight",
+    "rain.density": "streaks", "rain.length": None, "rain.angle": "rain_angle",
+    "gaussian_blur.sigma": "edge_width", "motion_blur.length": "edge_width",
+    "motion_blur.angle": "motion_angle", "defocus_blur.radius": "edge_width",
+    "low_light.exposure": "bright_p99", "low_light.gamma": "gamma_raw",
+    "downsample.scale": "cutoff", "gaussian_noise.sigma": "noise_sigma",
+    "poisson_noise.peak": "noise_peak", "jpeg.quality": "jpeg_quality",
+}
+IDENTITY = ("jpeg.quality", "motion_blur.angle", "rain.angle")
+assert set(RAW) == {f"{d.type}.{p.key}" for d in TAXONOMY.values() for p in d.params}
+
+
+def best_threshold(stat: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximizing the F1 of `stat > threshold` against `positive`."""
+    if not positive.any():
+        return float("inf"), 0.0
+    cands = np.unique(stat)
+    cands = np.concatenate([[cands[0] - 1.0], (cands[:-1] + cands[1:]) / 2]) if cands.size > 1 \
+        else cands - 1.0
+    best = (float(cands[0]), -1.0)
+    for th in cands:
+        pred = stat > th
+        tp = float((pred & positive).sum())
+        f1 = 2 * tp / (pred.sum() + positive.sum())
+        if f1 > best[1]:
+            best = (float(th), f1)
+    return best
+
+
+@dataclass
+class ClassicalBaseline:
+    """Calibrated classical estimators; `calibration` is plain JSON (logged as an artifact)."""
+
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, features: Sequence[Mapping[str, float]],
+            annotations: Sequence[Mapping[str, Any]]) -> "ClassicalBaseline":
+        if not features:
+            raise ValueError("the classical baseline needs training rows to calibrate on; the "
+                             "train split is empty")
+        anns = [canonicalize(a) for a in annotations]
+        types = [{d["type"]: d["params"] for d in a["degradations"]} for a in anns]
+        cal: dict[str, Any] = {"n": len(anns), "presence": {}, "types": {}, "values": {}}
+        for stage, (feat, sign) in PRESENCE.items():
+            stat = sign * np.array([f[feat] for f in features])
+            pos = np.array([any(TAXONOMY[t].stage == stage for t in ts) for ts in types])
+            th, f1 = best_threshold(stat, pos)
+            cal["presence"][str(stage)] = {"feature": feat, "sign": sign, "threshold": th,
+                                           "train_f1": f1}
+        for stage, feats in DISCRIMINATE.items():
+            rows = {t: np.array([[f[x] for x in feats] for f, ts in zip(features, types) if t in ts])
+                    for t, s in TAXONOMY.items() if s.stage == stage}
+            rows = {t: r for t, r in rows.items() if len(r)}
+            if not rows:
+                continue
+            allx = np.concatenate(list(rows.values()))
+            scale = np.maximum(allx.std(axis=0), 1e-9)
+            cal["types"][str(stage)] = {"features": list(feats), "scale": scale.tolist(),
+                                        "means": {t: r.mean(axis=0).tolist() for t, r in rows.items()}}
+        for tk, feat in RAW.items():
+            t, k = tk.split(".")
+            p = TAXONOMY[t].param(k)
+            true = np.array([ts[t][k] for ts in types if t in ts], dtype=float)
+            if tk in IDENTITY:
+                cal["values"][tk] = {"feature": feat, "a": 1.0, "b": 0.0}
+                continue
+            median = float(np.median(true)) if true.size else float(np.mean(p.train))
+            raw = np.array([f[feat] for f, ts in zip(features, types) if t in ts], dtype=float) \
+                if feat else np.empty(0)
+            if feat is None or true.size < 5 or np.ptp(raw) <= 0:
+                cal["values"][tk] = {"feature": None, "median": median}
+                continue
+            a, b = np.polyfit(raw, true, 1)
+            cal["values"][tk] = {"feature": feat, "a": float(a), "b": float(b)}
+        return cls(cal)
+
+    def predict(self, feats: Mapping[str, float]) -> dict[str, Any]:
+        """The annotation the calibrated rules give for one image's `measure()` output."""
+        cal = self.calibration
+        chain = []
+        for stage in sorted(STAGES):
+            pres = cal["presence"][str(stage)]
+            if not pres["sign"] * feats[pres["feature"]] > pres["threshold"]:
+                continue
+            cands = [t for t, s in TAXONOMY.items() if s.stage == stage]
+            t = cands[0]
+            if len(cands) > 1:
+                tc = cal["types"].get(str(stage))
+                if not tc:
+                    continue
+                x = np.array([feats[f] for f in tc["features"]]) / np.array(tc["scale"])
+                t = min(tc["means"], key=lambda c: float(((x - np.array(tc["means"][c])
+                                                          / np.array(tc["scale"])) ** 2).sum()))
+            params = {}
+            for p in TAXONOMY[t].params:
+                m = cal["values"][f"{t}.{p.key}"]
+                v = m["median"] if m["feature"] is None else m["a"] * feats[m["feature"]] + m["b"]
+                if p.period:
+                    v = v % p.period
+                params[p.key] = p.snap(v if np.isfinite(v) else float(np.mean(p.train)))
+            chain.append({"type": t, "params": params})
+        return canonicalize({"degradations": chain})
+
+    def complete_one(self, image: np.ndarray) -> str:
+        f = measure(image)
+        ann = self.predict(f)
+        why = (f"Classical estimates: JPEG periodicity {f['jpeg_score']:.2f} at quality "
+               f"{f['jpeg_quality']:.0f}, noise sigma {f['noise_sigma']:.1f}, edge width "
+               f"{f['edge_width']:.1f} px, anisotropy {f['anisotropy']:.2f}, spectral cut-off "
+               f"{f['cutoff']:.2f}, haze gradient {f['haze_gradient']:.2f}, brightest "
+               f"{f['bright_p99']:.2f}, streaks {f['streaks']:.1f}%.")
+        return render_answer(ann, why)
+
+    def complete(self, images: Sequence[np.ndarray]) -> list[str]:
+        return [self.complete_one(im) for im in images]
+
+    def describe(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self.calibration))

@@ -1,0 +1,81 @@
+"""Completions from a VLM: vLLM engines (the shared `dutrain.models.engine` wrapper) in Ray actors.
+
+Each worker is a Ray actor holding one engine; the driver cuts the rows into batches of
+`generation.batch_size` and keeps every worker busy (the next batch goes to whichever finishes
+first), then puts the completions back in input order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+class _Worker:
+    """A Ray actor: one engine, completions for batches of PNG-encoded images."""
+
+    def __init__(self, model_dir: str, gen: dict[str, Any]):
+        from dutrain.models.engine import VLLMEngine
+        self.gen = gen
+        self.engine = VLLMEngine(model_dir, dtype=gen["dtype"], max_model_len=gen["max_model_len"],
+                                 max_num_seqs=gen["batch_size"], seed=gen["seed"])
+
+    def complete(self, pngs: Sequence[bytes]) -> list[str]:
+        from dutrain.data.dataset import decode_png
+        g = self.gen
+        outs = self.engine.generate([decode_png(p) for p in pngs], n=1,
+                                    temperature=g["temperature"], max_tokens=g["max_tokens"],
+                                    seed=g["seed"], structured=g["structured"])
+        return [o[0].text for o in outs]
+
+
+@dataclass
+class GenerationStats:
+    workers: int
+    samples: int
+    startup_seconds: float
+    generate_seconds: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+
+def generate_completions(model_dir: str, pngs: Sequence[bytes], gen: Any) -> tuple[list[str], GenerationStats]:
+    """Completions for `pngs` (in order) from `gen.workers` engine actors; Ray must be initialised."""
+    import ray
+
+    opts = {"num_cpus": gen.cpus_per_worker, "num_gpus": gen.gpus_per_worker}
+    env = {"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+                        "TOKENIZERS_PARALLELISM": "false"}}
+    cfg = {k: getattr(gen, k) for k in ("dtype", "max_model_len", "batch_size", "seed",
+                                        "temperature", "max_tokens", "structured")}
+    actor_cls = ray.remote(_Worker)
+    t0 = time.perf_counter()
+    workers = [actor_cls.options(**opts, runtime_env=env).remote(model_dir, cfg)
+               for _ in range(gen.workers)]
+    try:
+        ray.get([w.__ray_ready__.remote() for w in workers])
+        startup = time.perf_counter() - t0
+        batches = [list(range(i, min(i + gen.batch_size, len(pngs))))
+                   for i in range(0, len(pngs), gen.batch_size)]
+        out: list[str | None] = [None] * len(pngs)
+        t1 = time.perf_counter()
+        pending: dict[Any, tuple[Any, list[int]]] = {}
+        free = list(workers)
+        queue = list(batches)
+        while queue or pending:
+            while queue and free:
+                w, idx = free.pop(), queue.pop(0)
+                pending[w.complete.remote([pngs[i] for i in idx])] = (w, idx)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            w, idx = pending.pop(done[0])
+            for i, text in zip(idx, ray.get(done[0])):
+                out[i] = text
+            free.append(w)
+        gen_s = time.perf_counter() - t1
+    finally:
+        for w in workers:
+            ray.kill(w)
+    return [o or "" for o in out], GenerationStats(gen.workers, len(pngs), startup, gen_s)

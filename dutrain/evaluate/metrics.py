@@ -1,0 +1,172 @@
+"""Evaluation metrics of DESIGN.md §6/§8, computed with the reward scorer (one scorer for both).
+
+Per split (keys ``{split}/{metric}``):
+- ``format_valid``: share of samples whose completion meets the format contract;
+- ``type_exact``: share whose predicted type set equals the true one (``clean`` for an empty chain);
+- ``type_f1``: micro F1 over (sample, type) labels incl. ``clean``; ``type_f1/{type}`` per type;
+- ``key_acc``: mean of the `key` reward;
+- ``value_nmae``: mean over matched, answered keys of min(1, |v̂ - v| / width) (= 1 - `value`
+  per key), and ``value_nmae/{type}.{key}`` per key;
+- ``value_within_1_step``: share of matched, answered keys within one grid step of the truth;
+- additive: ``n`` (samples), ``missing`` (samples with no prediction: scored as format
+  failures) and ``reward/{component}`` (mean scores, as RL logs them).
+A metric with no support (e.g. no matched key) is left out rather than reported as 0 or 1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from dutrain.rewards import (COMPONENTS, Answer, KeyMatch, check_weights, key_matches,
+                             read_answer, reference_entries)
+from dutrain.rewards.structured import REWARD_FUNCTIONS
+from dutrain.schema import CLEAN, TAXONOMY, TYPES
+
+#: confusion-matrix column for a true type the answer neither named nor replaced
+MISSED = "missed"
+#: confusion-matrix row for a predicted type that pairs with no true type
+EXTRA = "extra"
+
+
+@dataclass
+class Scored:
+    """One evaluated sample."""
+
+    sample_id: str
+    split: str
+    reference: dict[str, dict[str, float]]
+    answer: Answer
+    scores: dict[str, float]
+    matches: list[KeyMatch] = field(default_factory=list)
+    missing: bool = False
+
+    @property
+    def true_types(self) -> frozenset[str]:
+        return frozenset(self.reference) or frozenset({CLEAN})
+
+
+def score_sample(sample_id: str, split: str, completion: str | None,
+                 reference: Mapping[str, Any] | str,
+                 weights: Mapping[str, float] | None = None) -> Scored:
+    """Score one completion (None = no prediction: a format failure)."""
+    ref = reference_entries(reference)
+    ref_ann = {"degradations": [{"type": t, "params": p} for t, p in ref.items()]}
+    ans = read_answer(completion if completion is not None else "")
+    scores = {c: REWARD_FUNCTIONS[c](ans, ref_ann) for c in COMPONENTS}
+    w = check_weights(weights)
+    scores["total"] = sum(w[c] * scores[c] for c in COMPONENTS)
+    matches, _ = key_matches(ans, ref_ann)
+    return Scored(sample_id, split, ref, ans, scores, matches, missing=completion is None)
+
+
+def step_at(type_name: str, key: str, value: float) -> float:
+    """The grid step around `value` (Poisson's peak is finer below 10)."""
+    p = TAXONOMY[type_name].param(key)
+    if p.fine_below is not None and value < p.fine_below:
+        return float(p.fine_step)
+    return float(p.step)
+
+
+def _f1(tp: int, fp: int, fn: int) -> float | None:
+    denom = 2 * tp + fp + fn
+    return 2 * tp / denom if denom else None
+
+
+def split_metrics(split: str, scored: Iterable[Scored]) -> dict[str, float]:
+    """The flat metrics of one split (see module doc)."""
+    rows = list(scored)
+    if not rows:
+        return {}
+    n = len(rows)
+    out: dict[str, float] = {"n": n, "missing": sum(r.missing for r in rows)}
+    out["format_valid"] = sum(r.scores["format"] for r in rows) / n
+    out["type_exact"] = sum(r.answer.types == r.true_types for r in rows) / n
+    tp, fp, fn = Counter(), Counter(), Counter()
+    for r in rows:
+        pred, true = r.answer.types, r.true_types
+        for t in pred & true:
+            tp[t] += 1
+        for t in pred - true:
+            fp[t] += 1
+        for t in true - pred:
+            fn[t] += 1
+    out["type_f1"] = _f1(sum(tp.values()), sum(fp.values()), sum(fn.values())) or 0.0
+    for t in (CLEAN, *TYPES):
+        f1 = _f1(tp[t], fp[t], fn[t])
+        if f1 is not None:
+            out[f"type_f1/{t}"] = f1
+    out["key_acc"] = sum(r.scores["key"] for r in rows) / n
+    errs: dict[str, list[float]] = defaultdict(list)
+    within: list[bool] = []
+    for r in rows:
+        for m in r.matches:
+            if m.pred is None:
+                continue
+            errs[f"{m.type}.{m.key}"].append(m.error)
+            p = TAXONOMY[m.type].param(m.key)
+            within.append(p.distance(m.pred, m.true) <= step_at(m.type, m.key, m.true) + 1e-6)
+    all_errs = [e for v in errs.values() for e in v]
+    if all_errs:
+        out["value_nmae"] = sum(all_errs) / len(all_errs)
+        out["value_within_1_step"] = sum(within) / len(within)
+        for k in sorted(errs, key=_key_order):
+            out[f"value_nmae/{k}"] = sum(errs[k]) / len(errs[k])
+    for c in (*COMPONENTS, "total"):
+        out[f"reward/{c}"] = sum(r.scores[c] for r in rows) / n
+    return {f"{split}/{k}": float(v) for k, v in out.items()}
+
+
+def _key_order(type_key: str) -> int:
+    t, k = type_key.split(".", 1)
+    order = [f"{s.type}.{p.key}" for s in TAXONOMY.values() for p in s.params]
+    return order.index(f"{t}.{k}")
+
+
+def confusion_labels() -> tuple[list[str], list[str]]:
+    """(row labels: true, column labels: predicted) of the type confusion matrix."""
+    return [CLEAN, *TYPES, EXTRA], [CLEAN, *TYPES, MISSED]
+
+
+def confusion(scored: Iterable[Scored]) -> list[list[int]]:
+    """Counts of (true type, predicted type), rows/columns as `confusion_labels()`.
+
+    A true type that was predicted counts on the diagonal. A true type that was not: paired with
+    each unmatched predicted type of the same stage (a confusion within the stage, e.g. gaussian
+    vs. defocus blur), else with ``clean`` when the answer said clean, else ``missed`` (also when
+    the answer was malformed). A predicted type left unpaired counts in row ``extra``; a clean
+    image answered with degradations counts each of them in row ``clean``.
+    """
+    rows, cols = confusion_labels()
+    ri, ci = {r: i for i, r in enumerate(rows)}, {c: i for i, c in enumerate(cols)}
+    m = [[0] * len(cols) for _ in rows]
+    for s in scored:
+        pred, true = s.answer.types, s.true_types
+        unmatched_pred = set(pred - true)
+        if true == {CLEAN}:
+            if CLEAN in pred:
+                m[ri[CLEAN]][ci[CLEAN]] += 1
+            elif not pred:
+                m[ri[CLEAN]][ci[MISSED]] += 1
+            for p in sorted(unmatched_pred - {CLEAN}):
+                m[ri[CLEAN]][ci[p]] += 1
+            continue
+        paired: set[str] = set()
+        for t in sorted(true, key=lambda x: TAXONOMY[x].stage):
+            if t in pred:
+                m[ri[t]][ci[t]] += 1
+                continue
+            same_stage = [p for p in unmatched_pred
+                          if p != CLEAN and TAXONOMY[p].stage == TAXONOMY[t].stage]
+            if same_stage:
+                for p in same_stage:
+                    m[ri[t]][ci[p]] += 1
+                    paired.add(p)
+            elif pred == {CLEAN}:
+                m[ri[t]][ci[CLEAN]] += 1
+            else:
+                m[ri[t]][ci[MISSED]] += 1
+        for p in sorted(unmatched_pred - paired - {CLEAN}):
+            m[ri[EXTRA]][ci[p]] += 1
+    return m

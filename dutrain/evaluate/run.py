@@ -1,0 +1,145 @@
+"""`dutrain eval`: completions from a model, a baseline or a predictions file → metrics, report,
+plots and an MLflow run (tag dutrain.stage=eval, param `model`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dutrain.config.eval import EvalConfig
+from dutrain.data.dataset import decode_png, read_table
+from dutrain.tracking import stage_run
+
+from .metrics import confusion, confusion_labels, score_sample, split_metrics
+from .predictions import read_predictions, write_predictions
+from .report import markdown_report, notes_for, summary_table, write_plots
+
+
+def _rows(cfg: EvalConfig, split: str, images: bool) -> list[dict[str, Any]]:
+    cols = ["sample_id", "split", "annotation"] + (["degraded"] if images else [])
+    return read_table(cfg.dataset, [split], cols, cfg.limit, cfg.storage).to_pylist()
+
+
+def _train_rows(cfg: EvalConfig, images: bool, limit: int | None = None) -> list[dict[str, Any]]:
+    cols = ["annotation"] + (["degraded"] if images else [])
+    rows = read_table(cfg.dataset, ["train"], cols, limit, cfg.storage).to_pylist()
+    if not rows:
+        raise ValueError(f"{cfg.model} is calibrated on the train split, and dataset "
+                         f"'{cfg.dataset}' has no train rows")
+    return rows
+
+
+def _baseline(cfg: EvalConfig) -> tuple[Any, dict[str, Any]]:
+    from .baselines import ClassicalBaseline, PriorBaseline
+    from .estimators import measure
+    if cfg.model == "baseline:prior":
+        b = PriorBaseline.fit(json.loads(r["annotation"]) for r in _train_rows(cfg, False))
+    else:
+        rows = _train_rows(cfg, True, cfg.calibration_samples)
+        b = ClassicalBaseline.fit([measure(decode_png(r["degraded"])) for r in rows],
+                                  [json.loads(r["annotation"]) for r in rows])
+    return b, b.describe()
+
+
+def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tuple[
+        dict[str, str | None], dict[str, Any], dict[str, float]]:
+    """sample_id → completion (None: no prediction), notes info, timing metrics."""
+    info: dict[str, Any] = {}
+    timing: dict[str, float] = {}
+    wanted = [r for split_rows in rows.values() for r in split_rows]
+    if cfg.source == "predictions":
+        preds = read_predictions(cfg.predictions, cfg.storage)
+        known = read_table(cfg.dataset, None, ["sample_id", "split"], None, cfg.storage)
+        known_split = dict(zip(known.column("sample_id").to_pylist(), known.column("split").to_pylist()))
+        info["unknown_ids"] = sorted(s for s in preds.completions if s not in known_split)
+        info["other_splits"] = sum(1 for s in preds.completions
+                                   if s in known_split and known_split[s] not in cfg.splits)
+        info["malformed"] = preds.malformed
+        info["duplicates"] = preds.duplicates
+        return {r["sample_id"]: preds.completions.get(r["sample_id"]) for r in wanted}, info, timing
+    t0 = time.perf_counter()
+    if cfg.source.startswith("baseline:"):
+        baseline, info["baseline"] = _baseline(cfg)
+        timing["eval/calibration_seconds"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        texts = baseline.complete([decode_png(r["degraded"]) if "degraded" in r else None
+                                   for r in wanted])
+        dt = time.perf_counter() - t1
+        timing["eval/samples_per_s"] = len(wanted) / dt if dt > 0 else 0.0
+        return {r["sample_id"]: t for r, t in zip(wanted, texts)}, info, timing
+    from dutrain.data.cluster import ray_session
+    from dutrain.models import resolve_model
+    from .generate import generate_completions
+    model_dir = str(resolve_model(cfg.source, storage=cfg.storage))
+    with ray_session(cfg.ray):
+        texts, stats = generate_completions(model_dir, [r["degraded"] for r in wanted],
+                                            cfg.generation)
+    timing.update({"eval/samples_per_s": stats.samples_per_s,
+                   "eval/startup_seconds": stats.startup_seconds,
+                   "eval/generate_seconds": stats.generate_seconds,
+                   "eval/workers": float(stats.workers)})
+    return {r["sample_id"]: t for r, t in zip(wanted, texts)}, info, timing
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run the evaluation and write every output; returns metrics and where things are."""
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    images = cfg.source != "predictions" and cfg.source != "baseline:prior"
+    rows = {s: _rows(cfg, s, images) for s in cfg.splits}
+    empty = [s for s, r in rows.items() if not r]
+    if len(empty) == len(rows):
+        raise ValueError(f"dataset '{cfg.dataset}' has no rows in split(s) {', '.join(cfg.splits)}")
+    comps, info, timing = _completions(cfg, rows)
+    weights = cfg.rewards.as_dict()
+    scored = {s: [score_sample(r["sample_id"], s, comps[r["sample_id"]], r["annotation"], weights)
+                  for r in rs] for s, rs in rows.items() if rs}
+    info["missing"] = {s: sum(x.missing for x in sc) for s, sc in scored.items()}
+    metrics: dict[str, float] = {}
+    for s, sc in scored.items():
+        metrics.update(split_metrics(s, sc))
+    if cfg.source == "predictions":
+        metrics["predictions/unknown_sample_ids"] = float(len(info["unknown_ids"]))
+        metrics["predictions/malformed_lines"] = float(len(info["malformed"]))
+    metrics.update(timing)
+    confusions = {s: confusion(sc) for s, sc in scored.items()}
+    splits = list(scored)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    write_predictions(str(out / "completions.jsonl"),
+                      ({"sample_id": x.sample_id, "split": x.split,
+                        "completion": comps[x.sample_id], **x.scores}
+                       for s in splits for x in scored[s]))
+    labels_true, labels_pred = confusion_labels()
+    (out / "confusion.json").write_text(json.dumps(
+        {"rows": labels_true, "columns": labels_pred, "splits": confusions}, indent=1))
+    if "baseline" in info:
+        (out / "baseline.json").write_text(json.dumps(info["baseline"], indent=1))
+    plots = write_plots(scored, confusions, out) if cfg.plots else {}
+    notes = notes_for(info) + [f"{s}: no rows in the dataset" for s in empty]
+    report = markdown_report(cfg.system, cfg.dataset, splits, metrics, confusions, notes, plots)
+    (out / "report.md").write_text(report)
+    summary = summary_table(metrics, splits, cfg.system)
+    (out / "summary.txt").write_text(summary + "\n")
+    return {"metrics": metrics, "summary": summary, "notes": notes, "output": out}
+
+
+def run_eval(cfg: EvalConfig) -> int:
+    """The `dutrain eval` runner."""
+    with stage_run(cfg, "eval", params={"model": cfg.system}) as run:
+        res = evaluate(cfg)
+        out: Path = res["output"]
+        run.log_metrics(res["metrics"])
+        for name in ("metrics.json", "report.md", "summary.txt", "confusion.json",
+                     "completions.jsonl", "baseline.json"):
+            run.log_artifact(out / name)
+        if (out / "plots").is_dir():
+            run.log_artifact(out / "plots", "plots")
+        run.set_tags({"dutrain.model": cfg.system})
+    print(res["summary"])
+    for n in res["notes"]:
+        print(f"note: {n}")
+    print(f"report: {out / 'report.md'}  plots: {out / 'plots'}"
+          + (f"  mlflow run: {run.run_id}" if run.active else ""))
+    return 0
