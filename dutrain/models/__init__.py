@@ -1,1 +1,14 @@
-"""dutrain.models"""
+"""VLM build/load, prompt formatting and the one vLLM engine wrapper (DESIGN.md §2).
+
+`resolve_model("tiny" | dir | s3://… | hub id)` → a local HF directory; `load_model` /
+`load_processor` for transformers; `dutrain.models.engine.VLLMEngine` for vLLM (imported
+lazily: vLLM is heavy and optional on a training worker).
+"""
+
+from .loading import check_model_dir, load_model, load_processor, resolve_model
+from .prompts import INSTRUCTION, encode_prompts, encode_sft, messages, prompt_text, to_pil
+from .tiny import TinySpec, tiny_model
+
+__all__ = ["check_model_dir", "load_model", "load_processor", "resolve_model", "INSTRUCTION",
+           "encode_prompts", "encode_sft", "messages", "prompt_text", "to_pil", "TinySpec",
+           "tiny_model"]

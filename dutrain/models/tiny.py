@@ -1,0 +1,223 @@
+"""The tiny test/demo VLM: Qwen2-VL's architecture with a small config, random weights, and a
+byte-level BPE tokenizer trained locally on our own answer/reasoning text. No network needed.
+
+The result is an ordinary Hugging Face directory (config.json, model.safetensors, tokenizer,
+preprocessor and chat template) that transformers and vLLM load like any Qwen2-VL checkpoint.
+Builds are deterministic (seeded weights, fixed corpus) and cached by a hash of the spec and
+the tokenizer corpus, so a second build is a directory lookup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: bump when the build recipe changes in a way the spec does not capture
+RECIPE_VERSION = 1
+
+#: Qwen2-VL's special tokens, in its order (vLLM and the processor look some up by string)
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+
+#: Qwen2's pre-tokenizer split: \p{N} alone keeps every digit its own token
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+               r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+#: Qwen2-VL's chat template (image and video placeholders, default system prompt)
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture "
+    "{{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video "
+    "{{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Sizes of the tiny model. Defaults: ~0.8 M parameters, 112×112 image → 16 tokens."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    mrope_section: tuple[int, int, int] = (4, 6, 6)
+    vision_depth: int = 2
+    vision_embed_dim: int = 64
+    vision_heads: int = 4
+    patch_size: int = 14
+    merge_size: int = 2
+    # image side (px) bounds for the processor: images are resized to fit between them
+    min_image_side: int = 56
+    max_image_side: int = 224
+    vocab_merges: int = 700
+    corpus_samples: int = 2000
+    max_position_embeddings: int = 4096
+    seed: int = 0
+
+    def validate(self) -> None:
+        head_dim = self.hidden_size // self.num_heads
+        if self.hidden_size % self.num_heads or sum(self.mrope_section) * 2 != head_dim:
+            raise ValueError(f"tiny model: mrope_section {list(self.mrope_section)} must sum to "
+                             f"head_dim/2 = {head_dim // 2} (hidden_size / num_heads / 2)")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("tiny model: num_heads must be a multiple of num_kv_heads")
+        if self.vision_embed_dim % self.vision_heads or (self.vision_embed_dim // self.vision_heads) % 4:
+            raise ValueError("tiny model: vision_embed_dim / vision_heads must be a multiple of 4")
+
+    def key(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def tokenizer_corpus(spec: TinySpec) -> list[str]:
+    """Texts the tokenizer is trained on: rendered answers with reasoning, prompt and template."""
+    from dutrain.degrade import CUE_NAMES, sample_chain, write_reasoning
+    from dutrain.schema import render_answer
+
+    from .prompts import INSTRUCTION
+
+    rng = np.random.default_rng(spec.seed)
+    # the fixed prompt text repeats so BPE merges it into few tokens (shorter sequences)
+    texts = [INSTRUCTION, "system\nYou are a helpful assistant.", "user\n", "assistant\n"] * 50
+    for i in range(spec.corpus_samples):
+        ann = sample_chain(rng, "ood" if i % 10 == 9 else "train")
+        # cue magnitudes span what measure_cues reports; the tokenizer only needs the vocabulary
+        cues = {c: float(rng.uniform(0, 1) * (100 if c in ("hf_energy", "noise") else
+                                               8 if c == "edge_width" else 3 if c == "blockiness"
+                                               else 1)) for c in CUE_NAMES}
+        texts.append(render_answer(ann, write_reasoning(cues, ann)))
+    return texts
+
+
+def _train_tokenizer(spec: TinySpec, corpus: list[str]) -> Any:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(SPECIAL_TOKENS) + 256 + spec.vocab_merges, min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token=None, additional_special_tokens=list(SPECIAL_TOKENS[3:]),
+        model_max_length=spec.max_position_embeddings, padding_side="left",
+        clean_up_tokenization_spaces=False, chat_template=CHAT_TEMPLATE)
+
+
+def _model_config(spec: TinySpec, tokenizer: Any) -> Any:
+    from transformers import Qwen2VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_position_embeddings, max_window_layers=spec.num_layers,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         "mrope_section": list(spec.mrope_section)},
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True)
+    vision = dict(depth=spec.vision_depth, embed_dim=spec.vision_embed_dim,
+                  hidden_size=spec.hidden_size, num_heads=spec.vision_heads, mlp_ratio=4,
+                  patch_size=spec.patch_size, spatial_merge_size=spec.merge_size,
+                  temporal_patch_size=2)
+    cfg = Qwen2VLConfig(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = (
+        ids["<|endoftext|>"], ids["<|im_end|>"], ids["<|endoftext|>"])
+    return cfg
+
+
+def _processor(spec: TinySpec, tokenizer: Any) -> Any:
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    size = {"shortest_edge": spec.min_image_side ** 2, "longest_edge": spec.max_image_side ** 2}
+    common = dict(size=size, patch_size=spec.patch_size, merge_size=spec.merge_size,
+                  temporal_patch_size=2)
+    return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**common),
+                            video_processor=Qwen2VLVideoProcessor(**common),
+                            tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+def build_tiny(spec: TinySpec, out_dir: str | os.PathLike) -> Path:
+    """Build the tiny model into `out_dir` (created; must not exist or be empty)."""
+    import torch
+    from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
+
+    spec.validate()
+    out = Path(out_dir)
+    tokenizer = _train_tokenizer(spec, tokenizer_corpus(spec))
+    cfg = _model_config(spec, tokenizer)
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.seed)
+        model = Qwen2VLForConditionalGeneration(cfg).to(torch.float32)
+    model.generation_config = GenerationConfig(
+        bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
+    model.save_pretrained(out, safe_serialization=True)
+    _processor(spec, tokenizer).save_pretrained(out)
+    (out / "dutrain_tiny.json").write_text(json.dumps(
+        {"recipe": RECIPE_VERSION, "spec": dataclasses.asdict(spec)}, indent=1))
+    return out
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DUTRAIN_CACHE", Path.home() / ".cache" / "dutrain"))
+
+
+def tiny_hash(spec: TinySpec) -> str:
+    h = hashlib.sha256(f"{RECIPE_VERSION}\n{spec.key()}\n".encode())
+    for text in tokenizer_corpus(spec):
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def tiny_model(spec: TinySpec | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Directory of the tiny model for `spec`, built on first use (safe under concurrency)."""
+    spec = spec or TinySpec()
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    final = root / f"tiny-{tiny_hash(spec)}"
+    if (final / "dutrain_tiny.json").is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
+    try:
+        build_tiny(spec, tmp)
+        try:
+            os.rename(tmp, final)  # atomic; loses the race harmlessly if another process won
+        except OSError:
+            if not (final / "dutrain_tiny.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
