@@ -233,6 +233,9 @@ def load_config(cls: type[T], config_file: str | os.PathLike | None = None,
         layers.append(read_yaml(config_file))
     if overrides:
         layers.append(parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides))
+    expand = getattr(cls, "expand_layers", None)
+    if callable(expand):  # e.g. the pipeline puts each stage's own YAML under its section
+        layers = expand(layers)
     for layer in layers:
         _check_keys(layer, cls, verb)
     merged = OmegaConf.structured(cls)
