@@ -37,4 +37,6 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
          "run a verb as a Ray job on a cluster; --status/--logs/--stop ID"),
     Verb("eval", "dutrain.config.eval:EvalConfig", "dutrain.evaluate.run:run_eval",
          "score a model, a baseline or a predictions file: metrics, report, plots"),
+    Verb("compare", "dutrain.config.compare:CompareConfig", "dutrain.tracking.compare:run_compare",
+         "tabulate and chart MLflow runs: params that differ and chosen metrics"),
 ]}

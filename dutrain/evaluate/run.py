@@ -126,8 +126,19 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 
 def run_eval(cfg: EvalConfig) -> int:
-    """The `dutrain eval` runner."""
-    with stage_run(cfg, "eval", params={"model": cfg.system}) as run:
+    """The `dutrain eval` runner (exit code 2 when the inputs are unusable)."""
+    import sys
+    try:
+        return _run_eval(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dutrain eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_eval(cfg: EvalConfig) -> int:
+    label = cfg.system.rstrip("/").rsplit("/", 1)[-1]
+    name = cfg.tracking.run_name or f"eval-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with stage_run(cfg, "eval", run_name=name, params={"model": cfg.system}) as run:
         res = evaluate(cfg)
         out: Path = res["output"]
         run.log_metrics(res["metrics"])

@@ -1,0 +1,211 @@
+"""`dutrain compare`: select MLflow runs, tabulate the params that differ and chosen metrics.
+
+Runs are selected by id or name (`runs`), by an MLflow filter string (`filter`) and/or by tags
+(`tags`, KEY=VALUE); with no selector, the newest `eval` runs of the experiment. The table goes
+to the terminal, `compare.md`, `compare.csv` and a chart `compare.png`, all logged as artifacts
+of a `compare` run (tag dutrain.stage=compare, tag dutrain.compared_runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .mlflow_run import stage_run, tracking_uri
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+#: metric names preferred when none are chosen (DESIGN.md §8; after any split prefix), in order
+HEADLINE = ("type_f1", "type_exact", "format_valid", "key_acc", "value_nmae", "value_within_1_step",
+            "reward/total", "psnr/predicted", "rl/kl", "loss")
+_SPLITS = ("train", "val", "test", "ood")
+
+
+@dataclass
+class Comparison:
+    runs: list[Any]  # mlflow.entities.Run, oldest first
+    params: list[str]  # param keys shown
+    metrics: list[str]  # metric keys shown
+
+    def header(self) -> list[str]:
+        return ["run", "id", "stage", *self.params, *self.metrics]
+
+    def rows(self) -> list[list[str]]:
+        out = []
+        for r in self.runs:
+            p, m = r.data.params, r.data.metrics
+            out.append([r.info.run_name or "", r.info.run_id[:8], r.data.tags.get("dutrain.stage", ""),
+                        *[p.get(k, "–") for k in self.params],
+                        *[_num(m.get(k)) for k in self.metrics]])
+        return out
+
+    def markdown(self) -> str:
+        head = self.header()
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows()]
+        return "\n".join(lines)
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["run", "run_id", "stage", *self.params, *self.metrics])
+        for r in self.runs:
+            w.writerow([r.info.run_name or "", r.info.run_id, r.data.tags.get("dutrain.stage", ""),
+                        *[r.data.params.get(k, "") for k in self.params],
+                        *[r.data.metrics.get(k, "") for k in self.metrics]])
+        return buf.getvalue()
+
+    def text(self) -> str:
+        table = [self.header(), *self.rows()]
+        widths = [min(40, max(len(row[i]) for row in table)) for i in range(len(table[0]))]
+        fmt = lambda row: "  ".join(c[:w].ljust(w) for c, w in zip(row, widths))
+        return "\n".join([fmt(table[0]), fmt(["-" * w for w in widths]), *map(fmt, table[1:])])
+
+
+def _num(v: Any) -> str:
+    return "–" if v is None else f"{v:.4g}"
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "\\'") + "'"
+
+
+def select_runs(client: Any, experiment_ids: Sequence[str], runs: Sequence[str] = (),
+                filter_string: str | None = None, tags: Sequence[str] = (),
+                max_runs: int = 20) -> list[Any]:
+    """Runs matching any id/name in `runs`, plus those matching `filter_string` AND all `tags`.
+
+    With no selector at all, the newest `eval` runs. Oldest first; no duplicates.
+    """
+    found: dict[str, Any] = {}
+    order = ["attributes.start_time DESC"]
+    for ref in runs:
+        hits = []
+        if _RUN_ID.match(ref):
+            try:
+                hits = [client.get_run(ref)]
+            except Exception:
+                hits = []
+        if not hits:
+            hits = client.search_runs(experiment_ids, f"attributes.run_name = {_quote(ref)}",
+                                      max_results=max_runs, order_by=order)
+        if not hits:
+            raise ValueError(f"no run with id or name {ref!r} in experiment(s) {list(experiment_ids)}")
+        found.update({h.info.run_id: h for h in hits})
+    clauses = [f"tags.`{k}` = {_quote(v)}" for k, v in (t.split("=", 1) for t in tags)]
+    if filter_string:
+        clauses.append(filter_string)
+    if not runs and not clauses:
+        clauses = ["tags.`dutrain.stage` = 'eval'"]
+    if clauses:
+        try:
+            hits = client.search_runs(experiment_ids, " and ".join(clauses), max_results=max_runs,
+                                      order_by=order)
+        except Exception as exc:
+            raise ValueError(f"bad run selector {' and '.join(clauses)!r}: {exc}") from None
+        found.update({h.info.run_id: h for h in hits})
+    if not found:
+        raise ValueError("no runs matched " + (" and ".join(clauses) if clauses else str(list(runs))))
+    return sorted(found.values(), key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def differing_params(runs: Sequence[Any], always: Sequence[str] = (),
+                     ignore: Sequence[str] = ()) -> list[str]:
+    """Param keys whose values are not the same in every run (plus `always`), `model` first."""
+    keys = sorted({k for r in runs for k in r.data.params})
+    diff = [k for k in keys if k not in ignore and len({r.data.params.get(k) for r in runs}) > 1]
+    out = [k for k in always if k not in diff] + diff
+    return sorted(out, key=lambda k: (k != "model", out.index(k)))
+
+
+def choose_metrics(runs: Sequence[Any], wanted: Sequence[str] = (), limit: int = 12) -> list[str]:
+    """`wanted` as given, else the headline metrics the runs share, else any shared metrics."""
+    if wanted:
+        return list(wanted)
+    have = set.intersection(*[set(r.data.metrics) for r in runs]) if runs else set()
+    if not have:
+        have = {k for r in runs for k in r.data.metrics}
+
+    def name(k: str) -> str:
+        head, _, tail = k.partition("/")
+        return tail if head in _SPLITS and tail else k
+
+    headline = sorted((k for k in have if name(k) in HEADLINE), key=lambda k: (HEADLINE.index(name(k)), k))
+    return (headline or sorted(have))[:limit]
+
+
+def plot(comp: Comparison, path: Path, kind: str = "bar") -> None:
+    """Small multiples, one panel per metric (metrics have different scales): bars per run, or
+    a line across the runs in order."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [r.info.run_name or r.info.run_id[:8] for r in comp.runs]
+    n = len(comp.metrics)
+    cols = min(4, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.2 + 2.6 * rows), squeeze=False)
+    x = np.arange(len(labels))
+    colors = [f"C{i % 10}" for i in range(len(labels))]
+    for ax, m in zip(axes.flat, comp.metrics):
+        v = np.array([r.data.metrics.get(m, np.nan) for r in comp.runs], dtype=float)
+        if kind == "bar":
+            ax.bar(x, v, color=colors)
+        else:
+            ax.plot(x, v, marker="o")
+        ax.set_title(m, fontsize=9)
+        ax.set_xticks(x, [str(i + 1) for i in x], fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors]
+    fig.legend(handles, [f"{i + 1}: {lab}" for i, lab in enumerate(labels)], loc="lower center",
+               ncol=min(3, len(labels)), fontsize=8)
+    fig.suptitle("dutrain compare")
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * ((len(labels) + 2) // 3), 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def compare(cfg: Any) -> tuple[Comparison, Path]:
+    """Select, tabulate and write the comparison (no MLflow run of its own)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(cfg.tracking.uri))
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        raise ValueError(f"no MLflow experiment {cfg.tracking.experiment!r} at "
+                         f"{tracking_uri(cfg.tracking.uri)}")
+    runs = select_runs(client, [exp.experiment_id], cfg.runs, cfg.filter, cfg.tags, cfg.max_runs)
+    comp = Comparison(runs, differing_params(runs, cfg.params, cfg.ignore_params),
+                      choose_metrics(runs, cfg.metrics, cfg.max_metrics))
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text("# dutrain compare\n\n" + comp.markdown() + "\n")
+    (out / "compare.csv").write_text(comp.csv())
+    if comp.metrics:
+        plot(comp, out / "compare.png", cfg.chart)
+    return comp, out
+
+
+def run_compare(cfg: Any) -> int:
+    """The `dutrain compare` runner (exit code 2 when the selection matches nothing usable)."""
+    import sys
+    try:
+        comp, out = compare(cfg)
+    except ValueError as exc:
+        print(f"dutrain compare: error: {exc}", file=sys.stderr)
+        return 2
+    ids = [r.info.run_id for r in comp.runs]
+    with stage_run(cfg, "compare", tags={"dutrain.compared_runs": ",".join(ids)}) as run:
+        for name in ("compare.md", "compare.csv", "compare.png"):
+            run.log_artifact(out / name)
+    print(comp.text())
+    print(f"table: {out / 'compare.md'}  csv: {out / 'compare.csv'}  chart: {out / 'compare.png'}"
+          + (f"  mlflow run: {run.run_id}" if run.active else ""))
+    return 0
