@@ -173,7 +173,8 @@ def probe(ray: Any, refs: list[SourceRef], cfg: GenerateConfig, storage: dict[st
                              override_num_blocks=max(1, min(len(refs), 4 * cpus)))
     ds = ds.map(probe_source, fn_kwargs={"storage": storage, "max_pixels": cfg.max_pixels,
                                          "image_size": cfg.image_size},
-                num_cpus=1, concurrency=cfg.workers, runtime_env=runtime_env)
+                num_cpus=1, compute=ray.data.TaskPoolStrategy(size=cfg.workers),
+                runtime_env=runtime_env)
     return sorted(ds.take_all(), key=lambda r: r["source_id"])
 
 
@@ -233,7 +234,8 @@ def run_shards(ray: Any, plan: dict[str, Any], todo: list[dict[str, Any]], cfg: 
                 "output": cfg.output, "storage": storage, "fingerprint": plan["fingerprint"]}
         items.append({"spec": json.dumps(spec)})
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(run_shard, num_cpus=1, concurrency=cfg.workers, runtime_env=runtime_env)
+    ds = ds.map(run_shard, num_cpus=1, compute=ray.data.TaskPoolStrategy(size=cfg.workers),
+                runtime_env=runtime_env)
     total = sum(s["rows"] for s in plan["shards"])
     out: list[dict[str, Any]] = []
     last_log = time.monotonic()
