@@ -83,6 +83,7 @@ class Root:
         return f"{self.base}/{name}"
 
     def names(self) -> list[str]:
+        self.fs.invalidate_cache()  # s3fs caches listings; workers write behind its back
         try:
             return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.base, detail=False))
         except FileNotFoundError:
