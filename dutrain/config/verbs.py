@@ -33,8 +33,12 @@ def _load(path: str) -> Any:
 VERBS: dict[str, Verb] = {v.name: v for v in [
     Verb("generate", "dutrain.config.generate:GenerateConfig", "dutrain.data.generate:run",
          "synthesize clean/degraded pairs with exact annotations (Ray Data → Parquet)"),
+    Verb("sft", "dutrain.config.sft:SFTConfig", "dutrain.sft.run:run",
+         "supervised fine-tuning of the VLM on Ray Train (checkpoints, best/, final/)"),
     Verb("submit", "dutrain.config.submit:SubmitConfig", "dutrain.submit:run",
          "run a verb as a Ray job on a cluster; --status/--logs/--stop ID"),
+    Verb("rl", "dutrain.config.rl:RLConfig", "dutrain.rl.controller:run",
+         "GRPO on the structured rewards: vLLM rollout actors + DDP learner actors on Ray"),
     Verb("eval", "dutrain.config.eval:EvalConfig", "dutrain.evaluate.run:run_eval",
          "score a model, a baseline or a predictions file: metrics, report, plots"),
     Verb("compare", "dutrain.config.compare:CompareConfig", "dutrain.tracking.compare:run_compare",

@@ -1,0 +1,107 @@
+"""SFT data: Parquet rows → (degraded PNG, target text), read and prepared with Ray Data, one
+deterministic shard per worker, and a seeded batch order that a resumed run can replay.
+
+The target is the model text of DESIGN.md §5: reasoning that cites cues measured on the
+degraded image (`dutrain.degrade.measure_cues` / `write_reasoning`), then the canonical answer.
+Cues are measured once per row here, in parallel Ray Data tasks, not per step.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import numpy as np
+
+from dutrain.data.dataset import decode_png
+from dutrain.schema import render_answer
+
+TARGETS = ("reasoning", "answer")
+
+
+def make_target(degraded_png: bytes, annotation: dict[str, Any] | str, mode: str = "reasoning") -> str:
+    """The assistant text for one sample (`mode` 'answer' leaves the reasoning empty)."""
+    from dutrain.degrade import measure_cues, write_reasoning
+
+    ann = json.loads(annotation) if isinstance(annotation, str) else annotation
+    if mode == "answer":
+        return render_answer(ann, "")
+    if mode != "reasoning":
+        raise ValueError(f"target mode {mode!r} unknown; allowed: {', '.join(TARGETS)}")
+    return render_answer(ann, write_reasoning(measure_cues(decode_png(degraded_png)), ann))
+
+
+def add_targets(batch: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Ray Data batch function (numpy format): adds the `target` column."""
+    batch["target"] = np.array([make_target(p, a, mode) for p, a in
+                                zip(batch["degraded"], batch["annotation"])], dtype=object)
+    return batch
+
+
+def parquet_files(root: str, storage: Any = None) -> tuple[list[str], Any]:
+    """The dataset's Parquet files in a fixed (sorted) order, and the pyarrow filesystem."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from dutrain.data.dataset import parquet_dataset
+    from dutrain.data.storage import filesystem
+
+    files = sorted(parquet_dataset(root, storage).files)
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under '{root}'")
+    fs, _ = filesystem(root, storage)
+    return files, PyFileSystem(FSSpecHandler(fs))
+
+
+def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: int | None = None,
+                    storage: Any = None, seed: int = 0) -> list[Any]:
+    """Ray Datasets of (sample_id, degraded, target) for `split`, cut into `num_shards` parts.
+
+    Deterministic: files are read in sorted order with order-preserving execution, so a
+    restarted run gives every worker the same rows.
+    """
+    import ray.data
+    from ray.data.expressions import col
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    files, fs = parquet_files(root, storage)
+    ds = ray.data.read_parquet(files, filesystem=fs,
+                               columns=["sample_id", "split", "degraded", "annotation"])
+    ds = ds.filter(expr=col("split") == split)
+    if limit is not None:
+        ds = ds.limit(limit)
+    ds = ds.map_batches(add_targets, fn_kwargs={"mode": mode}, batch_format="numpy",
+                        batch_size=64).select_columns(["sample_id", "degraded", "annotation",
+                                                       "target"]).materialize()
+    n = ds.count()
+    if n < num_shards:
+        raise ValueError(f"dataset '{root}' has {n} '{split}' rows; need at least one per worker "
+                         f"({num_shards})")
+    if num_shards == 1:
+        return [ds]
+    return ds.split(num_shards, equal=True)  # by row count: same rows per worker every run
+
+
+def load_rows(iterator: Any) -> list[dict[str, Any]]:
+    """All rows of a worker's shard, sorted by sample_id (order independent of block layout)."""
+    rows = [{"sample_id": str(r["sample_id"]), "degraded": bytes(r["degraded"]),
+             "annotation": str(r["annotation"]), "target": str(r["target"])}
+            for r in iterator.iter_rows()]
+    rows.sort(key=lambda r: r["sample_id"])
+    return rows
+
+
+def batch_order(n_rows: int, batch_size: int, seed: int, rank: int, start_step: int,
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """(step, row indices) from `start_step` on: epoch e is a permutation seeded by (seed, rank,
+    e); batches never straddle epochs (the last partial batch is dropped when n >= batch)."""
+    per_epoch = max(1, n_rows // batch_size)
+    step = start_step
+    while True:
+        epoch, k = divmod(step, per_epoch)
+        perm = np.random.default_rng([seed, rank, epoch]).permutation(n_rows)
+        idx = perm[k * batch_size:(k + 1) * batch_size]
+        if len(idx) < batch_size:  # fewer rows than a batch: repeat the permutation
+            idx = np.resize(perm, batch_size)
+        yield step, idx
+        step += 1

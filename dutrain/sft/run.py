@@ -1,0 +1,102 @@
+"""`dutrain sft`: the driver. Prepares data with Ray Data, runs `TorchTrainer`, logs the run.
+
+    output/train/       Ray Train run: checkpoint_*/ (HF model + trainer_state.pt), last K kept
+    output/best/        HF model with the lowest validation loss so far (+ dutrain_sft.json)
+    output/final/       HF model at the end (+ eval.json: the small validation evaluation)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from dutrain.config import to_dict
+from dutrain.config.sft import SFTConfig
+from dutrain.data.cluster import ray_session
+from dutrain.data.storage import filesystem, is_remote
+from dutrain.tracking import stage_run, tracking_uri
+
+RUN_NAME = "train"
+
+
+def _abs(uri: str) -> str:
+    return uri if is_remote(uri) else str(Path(uri).expanduser().resolve())
+
+
+def _storage(output: str, storage: Any) -> tuple[str, Any]:
+    """Ray Train's storage_path and filesystem for a local or s3:// output."""
+    if not is_remote(output):
+        return output, None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+    fs, path = filesystem(output, storage)
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+def _clear_previous(output: str, storage: Any) -> None:
+    fs, path = filesystem(output, storage)
+    for sub in (RUN_NAME, "best", "final"):
+        p = f"{path.rstrip('/')}/{sub}"
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+
+
+def read_final_eval(output: str, storage: Any = None) -> dict[str, float]:
+    fs, path = filesystem(output, storage)
+    p = f"{path.rstrip('/')}/final/eval.json"
+    return json.loads(fs.cat_file(p)) if fs.exists(p) else {}
+
+
+def run(cfg: SFTConfig) -> int:
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from dutrain.models import resolve_model
+
+    from .data import prepared_splits
+    from .loop import train_loop
+
+    output, dataset = _abs(cfg.output), _abs(cfg.dataset)
+    # fail fast on a bad model reference, and build the tiny model once for every worker
+    model_dir = resolve_model(cfg.model, storage=cfg.storage,
+                              tiny=cfg.tiny.spec() if cfg.model == "tiny" else None)
+    if not cfg.resume:
+        _clear_previous(output, cfg.storage)
+    conf = to_dict(cfg) | {"dataset": dataset, "output": output}
+    with ray_session(cfg.ray), stage_run(cfg, "sft", params={"model_dir": str(model_dir)}) as run:
+        t0 = time.perf_counter()
+        shards = prepared_splits(dataset, "train", cfg.target, cfg.num_workers, cfg.train_limit,
+                                 cfg.storage, cfg.seed)
+        val = prepared_splits(dataset, "val", cfg.target, 1,
+                              max(cfg.val_samples, cfg.final_eval_samples), cfg.storage)[0]
+        prep_s = time.perf_counter() - t0
+        rows = sum(s.count() for s in shards)
+        run.log_metrics({"data/train_rows": rows, "data/val_rows": val.count(),
+                         "data/prepare_seconds": prep_s})
+        storage_path, storage_fs = _storage(output, cfg.storage)
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config={"config": conf, "output": output, "run_id": run.run_id,
+                               "tracking_uri": tracking_uri(cfg.tracking.uri)},
+            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
+            run_config=RunConfig(
+                name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                failure_config=FailureConfig(max_failures=cfg.max_failures)),
+            datasets={**{f"train_{i}": s for i, s in enumerate(shards)}, "val": val},
+            dataset_config=DataConfig(datasets_to_split=[]),
+        )
+        t1 = time.perf_counter()
+        result = trainer.fit()
+        train_s = time.perf_counter() - t1
+        ckpt = result.checkpoint.path if result.checkpoint else None
+        run.set_tags({"dutrain.ray_checkpoint": ckpt or "", "dutrain.output": output})
+        run.log_metrics({"train/wall_seconds": train_s})
+        final = read_final_eval(output, cfg.storage)
+    summary = {"output": output, "last_checkpoint": ckpt, "train_seconds": round(train_s, 1),
+               "prepare_seconds": round(prep_s, 1), "train_rows": rows,
+               **{k: round(v, 4) for k, v in final.items()}}
+    print(json.dumps(summary, indent=1))
+    return 0
