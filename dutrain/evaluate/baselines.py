@@ -70,7 +70,7 @@ class PriorBaseline:
 #: stage → (presence statistic, sign): the stage is present when sign * statistic > threshold
 PRESENCE: dict[int, tuple[str, float]] = {
     1: ("haze_gradient", 1.0), 2: ("streaks", 1.0), 3: ("edge_width", 1.0), 4: ("bright_p99", -1.0),
-    5: ("cutoff", -1.0), 6: ("noise_sigma", 1.0), 7: ("jpeg_score", 1.0),
+    5: ("cutoff", -1.0), 6: ("noise_sigma_jpeg", 1.0), 7: ("jpeg_score", 1.0),
 }
 #: stage → features that tell its types apart
 DISCRIMINATE: dict[int, tuple[str, ...]] = {3: ("anisotropy", "lsf_shape", "edge_width"),
@@ -82,10 +82,12 @@ RAW: dict[str, str | None] = {
     "gaussian_blur.sigma": "edge_width", "motion_blur.length": "edge_width",
     "motion_blur.angle": "motion_angle", "defocus_blur.radius": "edge_width",
     "low_light.exposure": "bright_p99", "low_light.gamma": "gamma_raw",
-    "downsample.scale": "cutoff", "gaussian_noise.sigma": "noise_sigma",
+    "downsample.scale": "cutoff", "gaussian_noise.sigma": "noise_sigma_jpeg",
     "poisson_noise.peak": "noise_peak", "jpeg.quality": "jpeg_quality",
 }
 IDENTITY = ("jpeg.quality", "motion_blur.angle", "rain.angle")
+#: type.key → a 0/1 feature splitting its calibration in two regimes (a line per regime)
+REGIME: dict[str, str] = {"gaussian_noise.sigma": "jpeg_regime"}
 assert set(RAW) == {f"{d.type}.{p.key}" for d in TAXONOMY.values() for p in d.params}
 
 
@@ -104,6 +106,20 @@ def best_threshold(stat: np.ndarray, positive: np.ndarray) -> tuple[float, float
         if f1 > best[1]:
             best = (float(th), f1)
     return best
+
+
+def _fit_line(pairs: Sequence[tuple[Mapping[str, float], float]], feature: str | None,
+              default: float | None) -> dict[str, Any] | None:
+    """Least-squares line value ≈ a·feature + b over (features, true value) pairs; the median of
+    the values when there is no feature or fewer than 5 pairs (`default`, or None, without any)."""
+    true = np.array([v for _, v in pairs], dtype=float)
+    raw = np.array([f[feature] for f, _ in pairs], dtype=float) if feature else np.empty(0)
+    if feature is None or true.size < 5 or np.ptp(raw) <= 0:
+        if true.size:
+            return {"feature": None, "median": float(np.median(true))}
+        return None if default is None else {"feature": None, "median": default}
+    a, b = np.polyfit(raw, true, 1)
+    return {"feature": feature, "a": float(a), "b": float(b)}
 
 
 @dataclass
@@ -140,18 +156,17 @@ class ClassicalBaseline:
         for tk, feat in RAW.items():
             t, k = tk.split(".")
             p = TAXONOMY[t].param(k)
-            true = np.array([ts[t][k] for ts in types if t in ts], dtype=float)
+            has = [(f, ts[t][k]) for f, ts in zip(features, types) if t in ts]
             if tk in IDENTITY:
                 cal["values"][tk] = {"feature": feat, "a": 1.0, "b": 0.0}
                 continue
-            median = float(np.median(true)) if true.size else float(np.mean(p.train))
-            raw = np.array([f[feat] for f, ts in zip(features, types) if t in ts], dtype=float) \
-                if feat else np.empty(0)
-            if feat is None or true.size < 5 or np.ptp(raw) <= 0:
-                cal["values"][tk] = {"feature": None, "median": median}
-                continue
-            a, b = np.polyfit(raw, true, 1)
-            cal["values"][tk] = {"feature": feat, "a": float(a), "b": float(b)}
+            cal["values"][tk] = _fit_line(has, feat, float(np.mean(p.train)))
+            if tk in REGIME:
+                reg = REGIME[tk]
+                cal["values"][tk]["regime"] = reg
+                cal["values"][tk]["by_regime"] = {
+                    str(r): _fit_line([(f, v) for f, v in has if f[reg] == r], feat, None)
+                    for r in (0.0, 1.0)}
         return cls(cal)
 
     def predict(self, feats: Mapping[str, float]) -> dict[str, Any]:
@@ -174,6 +189,9 @@ class ClassicalBaseline:
             params = {}
             for p in TAXONOMY[t].params:
                 m = cal["values"][f"{t}.{p.key}"]
+                if "regime" in m:
+                    sub = m["by_regime"][str(float(feats[m["regime"]]))]
+                    m = sub if sub is not None else m
                 v = m["median"] if m["feature"] is None else m["a"] * feats[m["feature"]] + m["b"]
                 if p.period:
                     v = v % p.period

@@ -10,7 +10,9 @@ of floats, on which the classical baseline calibrates its thresholds and linear 
 - Noise: Immerkær's Laplacian-difference residual over flat pixels, a robust (MAD) variance per
   intensity bin away from clipping, and a line var = a + b·μ through the bins: ``noise_sigma``
   (median bin σ, 0-255 DN), ``noise_peak`` = 255 / b (Poisson: var = 255 μ / peak) and
-  ``noise_signal_share`` = b·128 / (a + b·128) (≈0 Gaussian, ≈1 Poisson).
+  ``noise_signal_share`` = b·128 / (a + b·128) (≈0 Gaussian, ≈1 Poisson). After a detected JPEG of
+  quality < 70, ``noise_sigma_jpeg`` reads the noise from the quantized DCT instead
+  (`jpeg_noise_estimate`); otherwise it equals ``noise_sigma``.
 - Haze: dark channel prior with the dataset's depth model d = 1 - y/(H-1): airlight ``haze_airlight``
   from the brightest 0.1 % of the dark channel; per row t = 1 - D(y)/A; ``haze_beta`` fits
   -ln t = beta·d through the origin.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.fft import dctn
+from scipy.special import erfinv
 
 from dutrain.degrade import measure_cues
 
@@ -41,6 +44,7 @@ _STD_LUMA = np.array([
     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
     92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]).reshape(8, 8)
 _LOW_FREQ = ((0, 0), (0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0))
+_LOW_AC = _LOW_FREQ[1:]
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 
@@ -58,28 +62,65 @@ def libjpeg_luma_table(quality: int) -> np.ndarray:
 _TABLES = np.stack([libjpeg_luma_table(q) for q in range(1, 101)])
 
 
-def jpeg_estimate(rgb: np.ndarray, max_quality: int = 95) -> tuple[float, float]:
-    """(quality, score) from block-DCT quantization periodicity (see module doc)."""
+def block_dct(rgb: np.ndarray) -> np.ndarray:
+    """Orthonormal 8x8 DCT of the luma blocks (JPEG's grid and scale): blocks x 8 x 8."""
     y = rgb.astype(np.float64) @ _LUMA - 128.0
     h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
-    if h == 0 or w == 0:
-        return 0.0, 0.0
     blocks = y[:h, :w].reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3)
-    c = dctn(blocks, axes=(2, 3), norm="ortho").reshape(-1, 8, 8)
+    return dctn(blocks, axes=(2, 3), norm="ortho").reshape(-1, 8, 8)
+
+
+def jpeg_estimate(rgb: np.ndarray, qualities: tuple[int, int] = (5, 95)) -> tuple[float, float]:
+    """(quality, score) from block-DCT quantization periodicity (see module doc).
+
+    Only qualities in `qualities` (the taxonomy's valid range) are tried; a quality is scored
+    only where at least 4 coefficient positions have enough blocks with |c| >= T/2, since the
+    mean of a few cosines is often high by chance.
+    """
+    c = block_dct(rgb)
+    if c.shape[0] == 0:
+        return 0.0, 0.0
     coef = np.stack([c[:, u, v] for u, v in _LOW_FREQ], axis=1)  # blocks x K
-    steps = np.stack([_TABLES[:max_quality, u, v] for u, v in _LOW_FREQ], axis=1)  # Q x K
-    best_q, best = 0, -1.0
-    for qi in range(max_quality):
+    need = max(16, coef.shape[0] // 8)
+    best_q, best = 0, 0.0
+    for q in range(qualities[0], qualities[1] + 1):
         s = []
-        for k in range(coef.shape[1]):
-            t = steps[qi, k]
+        for k, (u, v) in enumerate(_LOW_FREQ):
+            t = _TABLES[q - 1, u, v]
             x = coef[:, k][np.abs(coef[:, k]) >= t / 2]
-            if x.size >= 8:
+            if x.size >= need:
                 s.append(np.cos(2 * np.pi * x / t).mean())
-        score = float(np.mean(s)) if s else 0.0
+        score = float(np.mean(s)) if len(s) >= 4 else 0.0
         if score > best:
-            best_q, best = qi + 1, score
-    return float(best_q), max(best, 0.0)
+            best_q, best = q, score
+    return float(best_q), best
+
+
+def jpeg_noise_estimate(rgb: np.ndarray, quality: float) -> float:
+    """Noise sigma (DN) left in the quantized DCT of a JPEG of known quality.
+
+    JPEG removes the pixel-domain residual that Immerkær's method reads, but white noise of
+    sigma puts sigma into every orthonormal DCT coefficient: a low-frequency AC coefficient with
+    step T rounds to 0 with probability erf(T / (2√2 σ)) where the scene is flat, so
+    σ = T / (2√2 erfinv(p0)) per coefficient (median over coefficients). Flat blocks are chosen
+    by their DC's difference from the neighbouring blocks' (independent of the AC noise read).
+    """
+    h, w = rgb.shape[0] // 8, rgb.shape[1] // 8
+    if h < 3 or w < 3:
+        return 0.0
+    c = block_dct(rgb).reshape(h, w, 8, 8)
+    dc = c[:, :, 0, 0]
+    pad = np.pad(dc, 1, mode="edge")
+    neigh = np.median(np.stack([pad[:-2, 1:-1], pad[2:, 1:-1], pad[1:-1, :-2], pad[1:-1, 2:]]), 0)
+    act = np.abs(dc - neigh).ravel()
+    flat = act <= np.percentile(act, 50)
+    t = libjpeg_luma_table(int(quality))
+    est = []
+    for u, v in _LOW_AC:
+        p0 = float(np.mean(np.abs(c[:, :, u, v].ravel()[flat]) < t[u, v] / 2))
+        if 0.02 < p0 < 0.98:
+            est.append(t[u, v] / (2 * np.sqrt(2) * erfinv(p0)))
+    return float(np.median(est)) if est else 0.0
 
 
 def noise_estimate(rgb: np.ndarray) -> tuple[float, float, float]:
@@ -216,6 +257,9 @@ def measure(image_uint8_hwc: np.ndarray) -> dict[str, float]:
         **{k: float(v) for k, v in cues.items()},
         "jpeg_quality": q, "jpeg_score": qs,
         "noise_sigma": sigma, "noise_peak": peak, "noise_signal_share": share,
+        # after a detected JPEG the pixel residual is quantized away: read the DCT instead
+        "noise_sigma_jpeg": jpeg_noise_estimate(rgb, q) if qs > 0.5 and q < 70 else sigma,
+        "jpeg_regime": 1.0 if qs > 0.5 and q < 70 else 0.0,
         "haze_beta": beta, "haze_airlight": airlight,
         "anisotropy": aniso, "motion_angle": angle, "lsf_shape": lsf_shape(g),
         "cutoff": spectral_cutoff(g),
