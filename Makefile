@@ -27,5 +27,13 @@ demo: $(STAMP)
 bench: $(STAMP)
 	for b in tests/benchmarks/bench_*.py; do $(PY) $$b; done
 
+# The MLflow server of infra/ (infra/mlflow/serve.sh), on a laptop: 127.0.0.1 only, over the demo's
+# SQLite store, artifacts in ./mlartifacts. MLFLOW_AUTH=basic adds users and passwords (mlflow[auth]).
+MLFLOW_PORT ?= 5000
+tracking-server: $(STAMP)
+	MLFLOW_BIN=$(VENV)/bin/mlflow MLFLOW_BACKEND_STORE_URI=sqlite:///mlflow.db \
+	MLFLOW_ARTIFACTS_DESTINATION=./mlartifacts MLFLOW_HOST=127.0.0.1 MLFLOW_PORT=$(MLFLOW_PORT) \
+	MLFLOW_WORKERS=1 infra/mlflow/serve.sh
+
 clean:
 	rm -rf runs/ mlflow.db .pytest_cache
