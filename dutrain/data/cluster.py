@@ -6,9 +6,9 @@ import contextlib
 import os
 from typing import Any, Iterator
 
-#: variables the S3 client reads; those set on the driver are forwarded to the tasks (Ray
-#: runtime_env) so its credentials reach a cluster started without them. They are never written
-#: to config, params or the card; on a shared cluster prefer instance roles and leave them unset.
+#: variables the S3 client reads; on a private local cluster those set on the driver are forwarded
+#: to the tasks (Ray runtime_env) so they reach workers started before they were set. They are
+#: never written to config, params or the card.
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
            "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
 
@@ -37,5 +37,14 @@ def ray_session(rcfg: Any) -> Iterator[Any]:
         ray.shutdown()
 
 
-def forwarded_env() -> dict[str, str]:
+def is_private(ray: Any) -> bool:
+    """True when every node of the cluster lives on this machine's loopback (a local cluster)."""
+    return all(n["NodeManagerAddress"].startswith("127.") for n in ray.nodes() if n["Alive"])
+
+
+def forwarded_env(ray: Any) -> dict[str, str]:
+    """The driver's AWS_* variables, for a private local cluster only: a shared cluster brings its
+    own credentials, and a runtime_env is visible to everyone who can read the cluster's state."""
+    if not is_private(ray):
+        return {}
     return {k: os.environ[k] for k in AWS_ENV if os.environ.get(k)}

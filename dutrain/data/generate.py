@@ -14,6 +14,7 @@ never overwritten unless `overwrite=true`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -21,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -38,7 +39,7 @@ from .decode import Rejected, check_size
 from .plan import PlanError, plan_crops, plan_shards, shard_name, split_of
 from .shard import run_shard
 from .sources import SourceError, SourceRef, list_sources, load_source
-from .storage import filesystem, s3_options
+from .storage import filesystem, is_remote, s3_options
 
 PLAN_FILE = "_plan.json"
 CARD_FILE = "dataset_card.json"
@@ -302,6 +303,18 @@ def write_card_and_preview(root: Root, cfg: GenerateConfig, plan: dict[str, Any]
 
 # --------------------------------------------------------------------------------------- run
 
+@contextlib.contextmanager
+def _quiet_ray_data(ray: Any) -> Iterator[None]:
+    """Our own row-level progress bar replaces Ray Data's per-operator bars for this run."""
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.enable_progress_bars
+    ctx.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = before
+
+
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Write (or finish writing) the dataset of `cfg`; raises GenerateError with what to change."""
     t_start = time.perf_counter()
@@ -311,12 +324,18 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     plan = prepare_output(root, cfg, params, fp)
     opts = s3_options(cfg.storage).get("client_kwargs", {})
     storage = {"endpoint_url": opts.get("endpoint_url"), "region": opts.get("region_name")}
-    # Ray Data retries a task lost with its worker or node without limit; a task that raises
-    # fails the run, and running it again resumes (every shard write is atomic and idempotent)
-    runtime_env = {"env_vars": forwarded_env()} if forwarded_env() else None
-    with stage_run(cfg, "generate") as tracker, ray_session(cfg.ray) as ray:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with stage_run(cfg, "generate") as tracker, ray_session(cfg.ray) as ray, \
+            _quiet_ray_data(ray):
         tracker.set_tags({"dutrain.output": cfg.output, "dutrain.fingerprint": fp})
+        # Ray Data retries a task lost with its worker or node without limit; a task that raises
+        # fails the run, and running it again resumes (every shard write is atomic and idempotent)
+        env = forwarded_env(ray)
+        runtime_env = {"env_vars": env} if env else None
+        nodes = sum(1 for n in ray.nodes() if n["Alive"])
+        if nodes > 1 and not is_remote(cfg.output):
+            print(f"generate: warning: output {cfg.output!r} is a local path on a {nodes}-node "
+                  f"cluster; every node must see it at that path (a shared filesystem), else "
+                  f"use s3://", file=sys.stderr)
         resumed = plan is not None
         if plan is None:
             plan = build_plan(ray, cfg, params, fp, storage, runtime_env)
