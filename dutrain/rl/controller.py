@@ -1,0 +1,338 @@
+"""`dutrain rl`: the single controller of the RL actor group.
+
+One driver process owns the loop; workers only compute:
+
+    prompts ─► RolloutGroup (vLLM actors: G completions, token ids, log-probs)
+            ─► rewards (pure functions, here) ─► group advantages, token weights
+            ─► LearnerGroup (DDP actors: GRPO step) ─► weight push to every engine
+            ─► metrics (MLflow) ─► checkpoint
+
+Everything the run needs (config, model, dataset rows) is checked before any actor starts.
+`mode=async` keeps `max_staleness` rollout batches in flight: the batch for step t+1 is generated
+while the learner trains on step t, and each batch records the policy version that sampled it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from dutrain.config.rl import RLConfig
+
+from .batch import Batch
+from .checkpoint import latest_checkpoint, read_state, step_dir, write_state
+from .loss import group_advantages, token_weights
+from .scoring import RewardFn, format_valid, reward_function
+
+COLUMNS = ("sample_id", "degraded", "annotation")
+
+
+# ------------------------------------------------------------------------------------ prompts
+
+@dataclass
+class PromptSampler:
+    """Epochs of seeded permutations over the train rows; (epoch, cursor) is the data position."""
+
+    table: Any  # pyarrow.Table with COLUMNS
+    seed: int
+    epoch: int = 0
+    cursor: int = 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.table.num_rows)
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def next(self, k: int) -> Batch:
+        rows: list[int] = []
+        while len(rows) < k:
+            order = self._order(self.epoch)
+            take = order[self.cursor:self.cursor + k - len(rows)].tolist()
+            rows += take
+            self.cursor += len(take)
+            if self.cursor >= len(order):
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return prompt_batch(self.table, rows)
+
+
+def prompt_batch(table: Any, rows: list[int]) -> Batch:
+    """Decoded prompts: the image and, for the reward, its reference annotation."""
+    from dutrain.data.dataset import decode_png
+
+    sub = table.take(rows).to_pylist()
+    return Batch({"sample_id": [r["sample_id"] for r in sub],
+                  "image": [decode_png(r["degraded"]) for r in sub],
+                  "reference": [json.loads(r["annotation"]) for r in sub],
+                  "prompt": list(range(len(sub)))})
+
+
+@dataclass
+class RunInputs:
+    """What a run needs, resolved and checked before any actor starts."""
+
+    model_dir: str
+    train: Any
+    heldout: Batch | None
+    resume_from: str | None = None
+    resume_state: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare(cfg: RLConfig) -> RunInputs:
+    """Resolve the model, read the dataset and find the checkpoint; clear errors, no actors."""
+    from dutrain.data.dataset import read_table
+    from dutrain.models import resolve_model
+
+    try:
+        model_dir = str(resolve_model(cfg.model, storage=cfg.storage))
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"bad value for 'model': {exc}") from None
+    try:
+        train = read_table(cfg.dataset, ["train"], COLUMNS, cfg.train_limit, cfg.storage)
+    except FileNotFoundError as exc:
+        raise ValueError(f"bad value for 'dataset': {exc} (run `dutrain generate` first)") from None
+    if train.num_rows < cfg.prompts_per_step:
+        raise ValueError(f"dataset '{cfg.dataset}' has {train.num_rows} train rows; "
+                         f"'prompts_per_step' is {cfg.prompts_per_step}")
+    heldout = None
+    if cfg.eval_every:
+        t = read_table(cfg.dataset, [cfg.eval_split], COLUMNS, cfg.eval_prompts, cfg.storage)
+        if t.num_rows == 0:
+            raise ValueError(f"dataset '{cfg.dataset}' has no '{cfg.eval_split}' rows for the "
+                             f"held-out prompts; set 'eval_split' to a split it has or "
+                             f"'eval_every=0'")
+        heldout = prompt_batch(t, list(range(t.num_rows)))
+    inputs = RunInputs(model_dir, train, heldout)
+    if cfg.resume:
+        inputs.resume_from = latest_checkpoint(cfg.output, cfg.storage)
+        if inputs.resume_from:
+            inputs.resume_state = read_state(inputs.resume_from, cfg.storage)
+    return inputs
+
+
+# --------------------------------------------------------------------------------- scoring
+
+def score_batch(batch: Batch, reward: RewardFn, cfg: RLConfig) -> tuple[Batch, dict[str, float]]:
+    """Rewards, group advantages and token weights for a rollout batch (rows grouped by prompt)."""
+    t0 = time.perf_counter()
+    scores = [reward(text, ref) for text, ref in zip(batch["text"], batch["reference"])]
+    totals = np.array([s["total"] for s in scores]).reshape(-1, cfg.group_size)
+    adv = group_advantages(totals, scale=cfg.loss.scale_rewards).reshape(-1)
+    lengths = [len(ids) for ids in batch["completion_ids"]]
+    weights = token_weights(lengths, cfg.loss.norm, len(batch), sum(lengths),
+                            cfg.rollout.max_tokens)
+    valid = [format_valid(t) for t in batch["text"]]
+    out = batch.with_columns(reward=scores, advantage=adv.tolist(), token_weight=weights,
+                             format_valid=valid)
+    metrics: dict[str, float] = {}
+    for comp in scores[0]:
+        vals = np.array([s[comp] for s in scores])
+        metrics[f"reward/{comp}"] = float(vals.mean())
+        metrics[f"reward/{comp}_std"] = float(vals.std())
+        metrics[f"reward/{comp}_p10"] = float(np.percentile(vals, 10))
+        metrics[f"reward/{comp}_p90"] = float(np.percentile(vals, 90))
+    metrics.update({
+        "rl/format_valid": float(np.mean(valid)),
+        "rl/completion_length": float(np.mean(lengths)),
+        "rl/completion_length_max": float(np.max(lengths)),
+        "rl/truncated_fraction": float(np.mean(batch["truncated"])),
+        "rl/zero_std_groups": float(np.mean(totals.std(axis=1) == 0)),
+        "rl/reward_seconds": time.perf_counter() - t0})
+    return out, metrics
+
+
+def heldout_metrics(batch: Batch, reward: RewardFn, split: str) -> dict[str, float]:
+    scores = [reward(t, r) for t, r in zip(batch["text"], batch["reference"])]
+    out = {f"{split}/reward/{c}": float(np.mean([s[c] for s in scores])) for c in scores[0]}
+    out[f"{split}/format_valid"] = float(np.mean([format_valid(t) for t in batch["text"]]))
+    return out
+
+
+def samples_jsonl(batch: Batch, step: int, k: int) -> str:
+    rows = []
+    for i in range(min(k, len(batch))):
+        rows.append(json.dumps({"step": step, "sample_id": batch["sample_id"][i],
+                                "version": batch.meta.get("version"),
+                                "reference": batch["reference"][i], "completion": batch["text"][i],
+                                "reward": batch["reward"][i], "advantage": batch["advantage"][i]}))
+    return "\n".join(rows) + "\n"
+
+
+# ------------------------------------------------------------------------------ controller
+
+class Controller:
+    """Builds the worker groups and runs the loop; `log(metrics, step)` receives every metric."""
+
+    def __init__(self, cfg: RLConfig, inputs: RunInputs,
+                 log: Callable[[dict[str, float], int], None] = lambda m, s: None,
+                 log_text: Callable[[str, str], None] = lambda text, name: None):
+        self.cfg, self.inputs, self.log, self.log_text = cfg, inputs, log, log_text
+        self.reward = reward_function(cfg.reward.kind, cfg.reward.weights.as_dict(),
+                                      cfg.reward.target_type)
+        state = inputs.resume_state
+        pos = state.get("data", {"epoch": 0, "cursor": 0})
+        self.sampler = PromptSampler(inputs.train, cfg.seed, pos["epoch"], pos["cursor"])
+        self.step = int(state.get("step", 0))
+        self.version = int(state.get("version", 0))
+        self.history: list[dict[str, float]] = []
+        self.learners: Any = None
+        self.rollouts: Any = None
+        self._shared_pg: Any = None
+
+    # ------------------------------------------------------------------------------ actors
+    def start(self) -> None:
+        from .groups import LearnerGroup, RolloutGroup, shared_placement_group
+        from .weight_sync import finish_sync, push_weights
+
+        t0 = time.perf_counter()
+        if self.cfg.placement == "colocated":
+            self._shared_pg = shared_placement_group(self.cfg)
+        self.rollouts = RolloutGroup(self.cfg, self.inputs.model_dir, self._shared_pg)
+        self.learners = LearnerGroup(self.cfg, self.inputs.model_dir, self.inputs.resume_from,
+                                     self._shared_pg)
+        if self.inputs.resume_from:  # engines start from the base model: give them the policy
+            finish_sync(self.rollouts, push_weights(self.learners, self.rollouts, self.version))
+        self.startup_seconds = time.perf_counter() - t0
+
+    def shutdown(self) -> None:
+        import ray
+
+        for g in (self.rollouts, self.learners):
+            if g is not None:
+                g.shutdown()
+        if self._shared_pg is not None:
+            ray.util.remove_placement_group(self._shared_pg)
+
+    # -------------------------------------------------------------------------------- loop
+    def sample_seed(self, step: int) -> int:
+        return (self.cfg.seed * 1_000_003 + step) % 2**31
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy completions on the fixed held-out prompts, scored with the run's reward."""
+        if self.inputs.heldout is None:
+            return {}
+        batch = self.rollouts.generate(self.inputs.heldout, n=1, seed=0, greedy=True)
+        m = heldout_metrics(batch, self.reward, self.cfg.eval_split)
+        self.log(m, step)
+        return m
+
+    def fit(self) -> list[dict[str, float]]:
+        """Run until `cfg.steps`; returns the per-step metrics."""
+        from .weight_sync import finish_sync, push_weights
+
+        cfg = self.cfg
+        bound = cfg.staleness_bound
+        ahead: deque[tuple[int, dict[str, int], list[Any]]] = deque()
+
+        def submit(step: int) -> None:
+            pos = self.sampler.position()
+            prompts = self.sampler.next(cfg.prompts_per_step)
+            ahead.append((step, pos, self.rollouts.async_generate(
+                prompts, cfg.group_size, self.sample_seed(step))))
+
+        if cfg.eval_every and self.step == 0:
+            self.evaluate(0)
+        pending_sync = None
+        for s in range(self.step, min(cfg.steps, self.step + bound)):
+            submit(s)
+        while self.step < cfg.steps:
+            t_step = time.perf_counter()
+            if not ahead:  # sync: generate with the weights just pushed
+                submit(self.step)
+            step, _, refs = ahead.popleft()
+            batch = self.rollouts.gather(refs, cfg.group_size, self.sample_seed(step))
+            rollout_wait = time.perf_counter() - t_step
+            if bound and step + bound < cfg.steps:  # generates while the learner trains
+                submit(step + bound)
+            staleness = self.version - batch.meta["version"]
+            if staleness > bound:
+                raise RuntimeError(f"step {step}: batch from policy version "
+                                   f"{batch.meta['version']} is {staleness} versions behind the "
+                                   f"learner (bound {bound})")
+            batch, metrics = score_batch(batch, self.reward, cfg)
+            batch.meta["step"] = step
+            stats = self.learners.train(batch)
+            self.version += 1
+            if pending_sync is not None:  # async: last step's push, long finished or queued
+                metrics.update(finish_sync(self.rollouts, pending_sync))
+            pending_sync = push_weights(self.learners, self.rollouts, self.version)
+            if bound == 0:
+                metrics.update(finish_sync(self.rollouts, pending_sync))
+                pending_sync = None
+            gen_s = batch.meta["generate_seconds"]
+            metrics.update(stats)
+            metrics.update({
+                "rl/staleness": float(staleness), "rl/policy_version": float(self.version),
+                "rl/rollout_seconds": gen_s, "rl/rollout_wait_seconds": rollout_wait,
+                "rl/rollout_tokens_per_s": batch.meta["tokens"] / gen_s if gen_s > 0 else 0.0,
+                "rl/rollout_actors_replaced": float(self.rollouts.replaced),
+                "rl/step_seconds": time.perf_counter() - t_step})
+            self.step = step + 1
+            if cfg.samples_to_log:
+                self.log_text(samples_jsonl(batch, step, cfg.samples_to_log),
+                              f"samples/step_{step:06d}.jsonl")
+            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                if pending_sync is not None:  # score the policy just trained
+                    metrics.update(finish_sync(self.rollouts, pending_sync))
+                    pending_sync = None
+                metrics.update(self.evaluate(self.step))
+            self.log(metrics, self.step)
+            self.history.append(metrics)
+            if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) \
+                    or self.step == cfg.steps:
+                nxt = ahead[0][1] if ahead else self.sampler.position()
+                self.save_checkpoint(nxt)
+        if pending_sync is not None:
+            finish_sync(self.rollouts, pending_sync)
+        return self.history
+
+    # -------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, data_position: dict[str, int]) -> str:
+        """Weights (HF), optimiser, step, version and the data position of the next step."""
+        import ray
+
+        uri = step_dir(self.cfg.output, self.step)
+        ray.get(self.learners.actors[0].save.remote(uri))
+        write_state(uri, {"step": self.step, "version": self.version, "data": data_position,
+                          "seed": self.cfg.seed}, self.cfg.storage)
+        return uri
+
+    def save_final(self) -> str:
+        import ray
+
+        from dutrain.data.storage import join
+        uri = join(self.cfg.output, "final")
+        ray.get(self.learners.actors[0].save.remote(uri, False))
+        return join(uri, "model")
+
+
+def run(cfg: RLConfig) -> int:
+    """`dutrain rl`: validate, start the actor group, train, track, checkpoint."""
+    from dutrain.data.cluster import ray_session
+    from dutrain.tracking import stage_run
+
+    inputs = prepare(cfg)
+    if cfg.resume and inputs.resume_from is None:
+        print(f"rl: no checkpoint under '{cfg.output}', starting from '{cfg.model}'")
+    with ray_session(cfg.ray), stage_run(cfg, "rl") as tracker:
+        ctl = Controller(cfg, inputs, log=tracker.log_metrics, log_text=tracker.log_text)
+        try:
+            ctl.start()
+            tracker.set_tags({"rl.learner_params": ctl.learners.num_params,
+                              "rl.resumed_from": inputs.resume_from or ""})
+            tracker.log_metrics({"rl/startup_seconds": ctl.startup_seconds}, step=ctl.step)
+            history = ctl.fit()
+            final = ctl.save_final()
+        finally:
+            ctl.shutdown()
+    last = history[-1] if history else {}
+    keys = [k for k in ("reward/total", "rl/kl", "rl/entropy", "rl/step_seconds",
+                        f"{cfg.eval_split}/reward/total") if k in last]
+    print(json.dumps({"steps": ctl.step, "final_model": final,
+                      **{k: round(last[k], 4) for k in keys}}))
+    return 0

@@ -1,0 +1,312 @@
+"""Learner workers: Ray actors forming one torch.distributed group (gloo on CPU, NCCL on GPU).
+
+Each learner holds the policy wrapped in DDP (and, with `loss.kl_coef > 0`, a frozen copy of the
+initial policy as reference). `train_step(shard)` recomputes log-probs of the sampled tokens,
+applies the clipped GRPO objective of `dutrain.rl.loss` with token weights normalised over the
+*global* batch, and steps AdamW; DDP averages gradients, so each local loss is scaled by the
+world size to make the update equal to one big batch's. Rank 0 serves the weights
+(safetensors bytes) for the rollout engines and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from dutrain.config.rl import RLConfig
+
+from .batch import Batch
+
+#: tokens that only the prompt may hold: a sampled one would be read as an image slot
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
+                 "<|video_pad|>")
+
+
+def vision_token_ids(tokenizer: Any) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+
+
+def encode_sequences(processor: Any, images: list[Any], completions: list[list[int]]) -> dict[str, Any]:
+    """Prompt (as `dutrain.models.prompts` formats it) + sampled completion ids, right padded.
+
+    Returns the model inputs plus `targets` / `mask` aligned with the logits of positions
+    0..L-2: `mask[i, j]` is 1 where `targets[i, j]` is a completion token.
+    """
+    import torch
+
+    from dutrain.models.prompts import IMAGE_PAD, prompt_text, to_pil
+
+    tok = processor.tokenizer
+    vision = processor.image_processor(images=[to_pil(im) for im in images], return_tensors="pt")
+    merge = processor.image_processor.merge_size ** 2
+    text = prompt_text(processor)
+    cache: dict[int, list[int]] = {}
+    rows, starts = [], []
+    for i, comp in enumerate(completions):
+        n_img = int(vision["image_grid_thw"][i].prod()) // merge
+        if n_img not in cache:
+            cache[n_img] = tok(text.replace(IMAGE_PAD, IMAGE_PAD * n_img),
+                               add_special_tokens=False)["input_ids"]
+        p = cache[n_img]
+        rows.append(p + list(comp))
+        starts.append(len(p))
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), tok.pad_token_id, dtype=torch.long)
+    att = torch.zeros((len(rows), n), dtype=torch.long)
+    mask = torch.zeros((len(rows), n - 1), dtype=torch.float32)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        att[i, :len(r)] = 1
+        mask[i, starts[i] - 1:len(r) - 1] = 1.0
+    image_id = tok.convert_tokens_to_ids(IMAGE_PAD)
+    return {"input_ids": ids, "attention_mask": att, "pixel_values": vision["pixel_values"],
+            "image_grid_thw": vision["image_grid_thw"],
+            "mm_token_type_ids": (ids == image_id).long(),
+            "targets": ids[:, 1:], "mask": mask, "starts": starts}
+
+
+def pad_per_token(values: list[list[float]], starts: list[int], width: int) -> "Any":
+    """Per-completion-token values placed on the logits frame (B, width) used by `mask`."""
+    import torch
+
+    out = torch.zeros((len(values), width), dtype=torch.float32)
+    for i, (v, s) in enumerate(zip(values, starts)):
+        if len(v):
+            out[i, s - 1:s - 1 + len(v)] = torch.tensor(v, dtype=torch.float32)
+    return out
+
+
+def weight_stats(state: dict[str, Any]) -> dict[str, float]:
+    """Layout-independent checksum of a set of weights: count, Σw and Σw² in float64.
+
+    Shared tensors (tied embeddings) count once; zero padding (vLLM pads the vocabulary) does
+    not change any of the three.
+    """
+    import torch
+
+    seen: set[tuple[int, int]] = set()
+    total, sq, count = 0.0, 0.0, 0
+    for v in state.values():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        d = v.detach().to(torch.float64)
+        total += float(d.sum())
+        sq += float((d * d).sum())
+        count += int(torch.count_nonzero(d))
+    return {"sum": total, "sum_sq": sq, "nonzero": count}
+
+
+class LearnerWorker:
+    """One learner rank. Created by `LearnerGroup`; methods are called through Ray."""
+
+    def __init__(self, rank: int, world: int, model_dir: str, cfg: RLConfig):
+        import torch
+
+        self.rank, self.world, self.cfg = rank, world, cfg
+        self.model_dir = str(model_dir)
+        lc = cfg.learner
+        torch.set_num_threads(max(1, int(round(lc.cpus_per_worker)) or 1))
+        self.device = "cuda" if lc.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
+        os.environ["DUTRAIN_RANK"] = str(rank)  # tracking helpers: side effects on rank 0 only
+        self.model: Any = None
+
+    # ------------------------------------------------------------------------------ set-up
+    def address(self) -> tuple[str, int]:
+        """(node IP, free port) for the process group's rendezvous (asked of rank 0)."""
+        import socket
+
+        import ray
+
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            return ip, s.getsockname()[1]
+
+    def setup(self, master_addr: str, master_port: int, init_dir: str | None = None) -> int:
+        """Join the process group, load the policy (from `init_dir` on resume) and optimiser."""
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from dutrain.models import load_model, load_processor
+
+        lc = self.cfg.learner
+        backend = lc.backend if lc.backend != "auto" else ("nccl" if self.device == "cuda" else "gloo")
+        if master_addr in ("127.0.0.1", "localhost"):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # keep gloo on loopback
+        dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
+                                rank=self.rank, world_size=self.world)
+        torch.manual_seed(self.cfg.seed + self.rank)
+        src = self.model_dir
+        if init_dir:  # resume: this node's copy of the checkpoint
+            from .checkpoint import fetch_dir
+            self.init_dir = fetch_dir(init_dir, self.cfg.storage)
+            src = str(Path(self.init_dir) / "model")
+        self.processor = load_processor(self.model_dir)
+        model = load_model(src, dtype=lc.dtype, device=self.device)
+        if lc.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.train()
+        self.model = model
+        self.ddp = DDP(model, device_ids=[0] if self.device == "cuda" else None)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lc.lr, weight_decay=lc.weight_decay)
+        if init_dir:
+            self.opt.load_state_dict(torch.load(Path(self.init_dir) / "optimizer.pt",
+                                                map_location=self.device, weights_only=True))
+        self.ref = None
+        if self.cfg.loss.kl_coef > 0:
+            self.ref = load_model(self.model_dir, dtype=lc.dtype, device=self.device).eval()
+            self.ref.requires_grad_(False)
+        self.banned = vision_token_ids(self.processor.tokenizer)
+        return sum(p.numel() for p in model.parameters())
+
+    # ------------------------------------------------------------------------------ training
+    def _forward_logprobs(self, model: Any, enc: dict[str, Any]) -> tuple[Any, Any]:
+        inputs = {k: v.to(self.device) for k, v in enc.items()
+                  if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
+                           "mm_token_type_ids")}
+        logits = model(**inputs).logits[:, :-1]
+        from .loss import token_logprobs
+        return token_logprobs(logits, enc["targets"].to(self.device), self.cfg.rollout.temperature,
+                              self.banned)
+
+    def train_step(self, shard: Batch) -> dict[str, float]:
+        """One optimiser step on this rank's shard; returns sums for the controller to reduce."""
+        import contextlib
+
+        import torch
+
+        from .loss import grpo_token_loss
+
+        t0 = time.perf_counter()
+        lc, lossc = self.cfg.learner, self.cfg.loss
+        n = len(shard)
+        micro = [list(range(i, min(n, i + lc.micro_batch_size)))
+                 for i in range(0, n, lc.micro_batch_size)]
+        encs = [encode_sequences(self.processor, [shard["image"][i] for i in idx],
+                                 [shard["completion_ids"][i] for i in idx]) for idx in micro]
+        old = None
+        if lc.epochs > 1:  # the policy moves between passes: freeze the pre-update log-probs
+            with torch.no_grad():
+                old = [self._forward_logprobs(self.ddp.module, e)[0] for e in encs]
+        sums = {k: 0.0 for k in ("entropy", "kl", "clipped", "is_weight", "is_truncated",
+                                 "mismatch_kl", "tokens", "loss")}
+        grad_norm = 0.0
+        for epoch in range(lc.epochs):
+            for m, (idx, enc) in enumerate(zip(micro, encs)):
+                width = enc["mask"].shape[1]
+                mask = enc["mask"].to(self.device)
+                rollout_lp = pad_per_token([shard["logprobs"][i] for i in idx], enc["starts"],
+                                           width).to(self.device)
+                adv = torch.tensor([shard["advantage"][i] for i in idx],
+                                   dtype=torch.float32, device=self.device)[:, None]
+                w = torch.tensor([shard["token_weight"][i] for i in idx],
+                                 dtype=torch.float32, device=self.device)[:, None] * mask
+                sync = contextlib.nullcontext() if m == len(micro) - 1 else self.ddp.no_sync()
+                with sync:
+                    logp, entropy = self._forward_logprobs(self.ddp, enc)
+                    logp_old = old[m].to(self.device) if old is not None else logp.detach()
+                    ref_lp = None
+                    if self.ref is not None:
+                        with torch.no_grad():
+                            ref_lp = self._forward_logprobs(self.ref, enc)[0]
+                    tok_loss, st = grpo_token_loss(
+                        logp, logp_old, rollout_lp, adv, clip_low=lossc.clip_low,
+                        clip_high=lossc.clip_high, importance_sampling=lossc.importance_sampling,
+                        is_cap=lossc.is_cap, logp_ref=ref_lp, kl_coef=lossc.kl_coef)
+                    loss = (tok_loss * w).sum()
+                    (loss * self.world).backward()
+                if epoch == 0:
+                    sums["tokens"] += float(mask.sum())
+                    sums["entropy"] += float((entropy.detach() * mask).sum())
+                    for k in ("kl", "clipped", "is_weight", "is_truncated", "mismatch_kl"):
+                        if k in st:
+                            sums[k] += float((st[k] * mask).sum())
+                sums["loss"] += float(loss.detach()) / lc.epochs
+            if lc.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), lc.grad_clip))
+            else:
+                grad_norm = float(torch.sqrt(sum((p.grad.detach().float() ** 2).sum()
+                                                 for p in self.ddp.parameters() if p.grad is not None)))
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        sums["grad_norm"] = grad_norm
+        sums["seconds"] = time.perf_counter() - t0
+        sums["sequences"] = float(n)
+        sums["has_kl"] = float(self.ref is not None)
+        return sums
+
+    # ------------------------------------------------------------------------------ weights
+    def weights_payload(self) -> tuple[bytes, float]:
+        """The policy as safetensors bytes (what the rollout engines load), and seconds taken."""
+        from dutrain.models.engine import state_dict_bytes
+
+        t0 = time.perf_counter()
+        data = state_dict_bytes(self.ddp.module.state_dict())
+        return data, time.perf_counter() - t0
+
+    def weight_stats(self) -> dict[str, float]:
+        return weight_stats(self.ddp.module.state_dict())
+
+    def greedy(self, images: list[Any], max_tokens: int) -> list[list[int]]:
+        """transformers' greedy completions (token ids, prompt excluded) on the current weights."""
+        import torch
+
+        from dutrain.models.prompts import encode_prompts
+
+        enc = encode_prompts(self.processor, images)
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        if "mm_token_type_ids" not in enc:
+            image_id = self.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+            enc["mm_token_type_ids"] = (enc["input_ids"] == image_id).long()
+        model = self.ddp.module
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False,
+                                     bad_words_ids=[[t] for t in self.banned])
+        finally:
+            model.train()
+        eos = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        pad = self.processor.tokenizer.pad_token_id
+        res = []
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            ids = []
+            for t in row:
+                if t == pad and eos != pad:
+                    break
+                ids.append(t)
+                if t == eos:
+                    break
+            res.append(ids)
+        return res
+
+    # ---------------------------------------------------------------------------- checkpoint
+    def save(self, uri: str, optimizer: bool = True) -> str:
+        """Rank 0: the policy as an HF directory at `uri`/model (+ optimiser state)."""
+        import shutil
+
+        import torch
+
+        from .checkpoint import local_staging, upload_dir
+
+        staging, remote = local_staging(uri)
+        d = Path(staging)
+        self.ddp.module.save_pretrained(d / "model", safe_serialization=True)
+        self.processor.save_pretrained(d / "model")
+        if optimizer:
+            torch.save(self.opt.state_dict(), d / "optimizer.pt")
+        if remote:
+            upload_dir(d, uri, self.cfg.storage)
+            shutil.rmtree(d, ignore_errors=True)
+        return uri
+
+    def close(self) -> None:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
