@@ -220,17 +220,29 @@ class VLLMEngine:
 
     def generate(self, images: Iterable[Any], n: int = 1, temperature: float = 0.0,
                  top_p: float = 1.0, max_tokens: int = 256, logprobs: bool = False,
-                 seed: int | None = None, structured: bool = False,
+                 seed: int | list[int] | None = None, structured: bool = False,
                  allowed_token_ids: list[int] | None = None) -> list[list[Completion]]:
         """Completions for each image (a list of `n` per image), in input order.
 
-        `allowed_token_ids` restricts sampling (RL bans vision placeholders a sampled
-        completion must not hold); the reported log-probs stay those of the full softmax.
+        `seed`: one for every request, or one per image (vLLM gives the `n` samples of one
+        seeded request the same seed, so RL sends each sample as its own request with its own
+        seed). `allowed_token_ids` restricts sampling (RL bans the vision placeholders); an
+        engine built with ``logprobs_mode="processed_logprobs"`` then reports log-probs of that
+        restricted, temperature-scaled distribution.
         """
         import time
 
-        params = self.sampling_params(n, temperature, top_p, max_tokens, logprobs, seed, structured,
-                                      allowed_token_ids)
+        images = list(images)
+        seeds = seed if isinstance(seed, (list, tuple)) else None
+        if seeds is not None and len(seeds) != len(images):
+            raise ValueError(f"{len(seeds)} seeds for {len(images)} images (one per image)")
+        params: Any = self.sampling_params(n, temperature, top_p, max_tokens, logprobs,
+                                           None if seeds is not None else seed, structured,
+                                           allowed_token_ids)
+        if seeds is not None:
+            params = [params.clone() for _ in seeds]
+            for p, s in zip(params, seeds):
+                p.seed = int(s)
         reqs = [{"prompt": self._prompt, "multi_modal_data": {"image": to_pil(im)}} for im in images]
         t0 = time.perf_counter()
         outs = self.llm.generate(reqs, params, use_tqdm=False)
