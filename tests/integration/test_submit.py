@@ -37,7 +37,8 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
-def _end_session(sid: int) -> None:
+def end_session(sid: int) -> None:
+    """End every process of session `sid` (the head and the workers it started)."""
     for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
         for pid in _session_pids(sid):
             try:
@@ -58,29 +59,41 @@ def _base_env(home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    """A token-auth Ray head on 127.0.0.1 (2 CPUs); yields its job-server URL and dirs."""
-    # a short path: Ray's unix socket names must stay under 107 characters
-    d = Path(tempfile.mkdtemp(prefix="dtsub", dir="/tmp"))
-    (d / "home").mkdir()
-    env = _base_env(d / "home") | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
+def start_head(d: Path, token: str) -> tuple[subprocess.Popen, str]:
+    """`ray start --head` in its own session under `d` (HOME, temp dir); returns (proc, job URL).
+
+    The returned process is the session leader: `end_session(proc.pid)` stops the whole head.
+    """
+    (d / "home").mkdir(exist_ok=True)
+    env = _base_env(d / "home") | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     dash = free_port()
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
            f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
            f"--ray-client-server-port={free_port()}",
            f"--dashboard-agent-listen-port={free_port()}", "--num-cpus=2",
            "--include-dashboard=true", f"--temp-dir={d / 'ray'}", "--disable-usage-stats"]
-    log = open(d / "start.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
+    with open(d / "start.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         rc = proc.wait(120)
-        assert rc == 0, (d / "start.log").read_text()[-3000:]
-        yield {"url": f"http://127.0.0.1:{dash}", "dir": d}
+    if rc != 0:
+        end_session(proc.pid)
+        raise RuntimeError((d / "start.log").read_text()[-3000:])
+    return proc, f"http://127.0.0.1:{dash}"
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A token-auth Ray head on 127.0.0.1 (2 CPUs); yields its job-server URL and dirs."""
+    # a short path: Ray's unix socket names must stay under 107 characters
+    d = Path(tempfile.mkdtemp(prefix="dtsub", dir="/tmp"))
+    try:
+        proc, url = start_head(d, TOKEN)
+        try:
+            yield {"url": url, "dir": d}
+        finally:
+            end_session(proc.pid)
     finally:
-        _end_session(proc.pid)
-        log.close()
         shutil.rmtree(d, ignore_errors=True)
 
 

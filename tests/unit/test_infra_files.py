@@ -18,7 +18,7 @@ from test_cluster_secrets import literal_secrets, shipped_files
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
-LAYOUT = {"sources", "datasets", "checkpoints", "eval", "restore", "mlflow"}  # infra/README.md
+LAYOUT = {"clean", "datasets", "checkpoints", "eval", "restore", "mlflow"}  # infra/README.md
 
 
 def yaml_docs(path: Path) -> list[dict]:
