@@ -76,8 +76,8 @@ class RLConfig:
     model: str = option("tiny", "initial policy: a checkpoint directory (the SFT output), "
                                 "s3:// URI, hub id or 'tiny'")
     dataset: str = option("runs/data/demo", "dataset root (local path or s3://...)")
-    output: str = option("runs/rl", "storage path of the run (local or s3://): checkpoints/, "
-                                    "final/ (HF model), samples/")
+    output: str = option("runs/rl", "storage path of the run (local or s3://): "
+                                    "checkpoints/step_N/ and final/ (HF model)")
     steps: int = option(20, "optimisation steps", min=1)
     prompts_per_step: int = option(8, "prompts (images) per step", min=1)
     group_size: int = option(4, "completions per prompt (G)", min=2)

@@ -303,12 +303,12 @@ class Controller:
         return uri
 
     def save_final(self) -> str:
+        """The policy as an HF directory at `output`/final (what `dutrain eval` takes)."""
         import ray
 
         from dutrain.data.storage import join
         uri = join(self.cfg.output, "final")
-        ray.get(self.learners.actors[0].save.remote(uri, False))
-        return join(uri, "model")
+        return ray.get(self.learners.actors[0].save.remote(uri, False))
 
 
 def run(cfg: RLConfig) -> int:

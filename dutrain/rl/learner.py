@@ -288,7 +288,8 @@ class LearnerWorker:
 
     # ---------------------------------------------------------------------------- checkpoint
     def save(self, uri: str, optimizer: bool = True) -> str:
-        """Rank 0: the policy as an HF directory at `uri`/model (+ optimiser state)."""
+        """Rank 0: a checkpoint at `uri` (`model/` HF directory + `optimizer.pt`), or with
+        `optimizer=False` just the HF model directory at `uri` (the run's final model)."""
         import shutil
 
         import torch
@@ -297,8 +298,9 @@ class LearnerWorker:
 
         staging, remote = local_staging(uri)
         d = Path(staging)
-        self.ddp.module.save_pretrained(d / "model", safe_serialization=True)
-        self.processor.save_pretrained(d / "model")
+        model_dir = d / "model" if optimizer else d
+        self.ddp.module.save_pretrained(model_dir, safe_serialization=True)
+        self.processor.save_pretrained(model_dir)
         if optimizer:
             torch.save(self.opt.state_dict(), d / "optimizer.pt")
         if remote:
