@@ -43,4 +43,6 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
          "score a model, a baseline or a predictions file: metrics, report, plots"),
     Verb("compare", "dutrain.config.compare:CompareConfig", "dutrain.tracking.compare:run_compare",
          "tabulate and chart MLflow runs: params that differ and chosen metrics"),
+    Verb("restore", "dutrain.config.restore:RestoreConfig", "dutrain.restore.run:run",
+         "restore images with the physics an annotation names (given, true or predicted)"),
 ]}

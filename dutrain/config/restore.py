@@ -1,0 +1,84 @@
+"""`dutrain restore`: restore images with the physics an annotation (true or predicted) names."""
+
+from __future__ import annotations
+
+from .common import RayConfig, StorageConfig, TrackingConfig
+from .core import ConfigError, configclass, option
+from .eval import BASELINES, GenerationConfig
+
+SPLITS = ("train", "val", "test", "ood")
+
+
+@configclass
+class BackendConfig:
+    """How an annotation is turned into a restored image."""
+
+    backend: str = option("classical", "classical: one documented inverse operator per stage; "
+                                       "ddnm: a diffusion model's null-space for blur, "
+                                       "downsample and noise, classical for the rest",
+                          choices=("classical", "ddnm"))
+    model: str | None = option(None, "ddnm: a diffusers UNet2DModel checkpoint (safetensors), a "
+                                     "local directory or s3:// prefix; never fetched from a hub")
+    steps: int = option(50, "ddnm: reverse diffusion steps (DDIM timesteps)", min=1, max=1000)
+    eta: float = option(0.85, "ddnm: share of fresh noise re-injected per step (0 = DDIM)",
+                        min=0, max=1)
+    eps: float = option(0.05, "ddnm: blur frequencies with |PSF spectrum| < eps are left to the "
+                              "model (the pseudo-inverse's regularisation)", min=1e-6, max=0.99)
+    device: str = option("auto", "ddnm: torch device", choices=("auto", "cpu", "cuda"))
+    seed: int = option(0, "ddnm: sampling seed", min=0)
+
+    def validate(self) -> None:
+        if self.backend == "ddnm" and not self.model:
+            raise ConfigError("'restore.backend=ddnm' needs 'restore.model' (a local diffusers "
+                              "UNet2DModel directory or an s3:// prefix)")
+
+
+@configclass
+class RestoreConfig:
+    input: str | None = option(None, "an image file, a folder of images, or a dataset root "
+                                     "(local or s3://) together with 'split'")
+    split: str | None = option(None, "with a dataset root: the split to restore (then PSNR/SSIM "
+                                     "against clean for identity, oracle and predicted)",
+                               choices=SPLITS)
+    annotation: str | None = option(None, "the annotation(s) to restore with: a JSON file or "
+                                          "inline JSON (one annotation for every image), or a "
+                                          "JSONL file of {\"image\"|\"sample_id\": ..., "
+                                          "\"annotation\"|\"completion\": ...} lines")
+    model: str | None = option(None, "predict the annotation with this VLM (checkpoint dir, "
+                                     "s3:// URI, hub id or 'tiny'), or 'baseline:classical' / "
+                                     "'baseline:prior'")
+    calibration: str | None = option(None, "dataset root whose train split calibrates a "
+                                           "baseline (default: the input dataset)")
+    calibration_samples: int = option(400, "train rows used to calibrate the classical "
+                                           "baseline", min=10)
+    output: str = option("runs/restore", "folder for restored images, grid.png, "
+                                         "annotations.jsonl and (on a split) metrics.json, "
+                                         "report.md")
+    limit: int | None = option(None, "at most this many images (first by name / sample_id)",
+                               min=1)
+    grid: int = option(8, "rows in the before/after grid", min=1, max=64)
+    restore: BackendConfig = option(default_factory=BackendConfig, doc="restoration backend")
+    generation: GenerationConfig = option(default_factory=GenerationConfig,
+                                          doc="VLM serving when 'model' is a VLM")
+    tracking: TrackingConfig = option(default_factory=TrackingConfig, doc="MLflow")
+    storage: StorageConfig = option(default_factory=StorageConfig, doc="S3 settings")
+    ray: RayConfig = option(default_factory=RayConfig, doc="Ray cluster (VLM workers)")
+
+    def validate(self) -> None:
+        if not self.input:
+            raise ConfigError("missing value for 'input' (allowed: an image file, a folder of "
+                              "images, or a dataset root with split=...)")
+        if self.annotation is not None and self.model is not None:
+            raise ConfigError("set one of 'annotation' (given annotations) and 'model' (predict "
+                              "them), not both")
+        if self.split is None and self.annotation is None and self.model is None:
+            raise ConfigError("set 'annotation' (a JSON/JSONL file or inline JSON) or 'model' (a "
+                              "VLM or baseline that predicts it); on a dataset split with neither, "
+                              "only identity and oracle are reported")
+        if self.model and self.model.startswith("baseline:") and self.model not in BASELINES:
+            raise ConfigError(f"bad value for 'model': {self.model!r} (allowed baselines: "
+                              f"{', '.join(BASELINES)})")
+        if (self.model or "").startswith("baseline:") and self.split is None \
+                and self.calibration is None:
+            raise ConfigError(f"'model={self.model}' is calibrated on a dataset's train split: set "
+                              "'calibration' to a dataset root (or restore a dataset split)")

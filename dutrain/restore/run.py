@@ -1,0 +1,373 @@
+"""`dutrain restore`: images + annotations (given, true or predicted) → restored images, a
+before/after grid and, on a dataset split, PSNR/SSIM against clean for three annotations:
+
+- identity: no restoration (the degraded image itself),
+- oracle: the true annotation of the sample,
+- predicted: the annotation a VLM or baseline read off the degraded image (`model=`), or the
+  one given in a file (`annotation=`).
+
+Metric keys (DESIGN.md §8): ``{split}/psnr/{kind}`` and ``{split}/ssim/{kind}``, and per type
+``{split}/psnr/{kind}/{type}``; a sample counts for every type in its chain, an empty chain as
+``clean``. PSNR of an exact copy is capped at `PSNR_CAP` dB so means stay finite.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from dutrain.config.restore import RestoreConfig
+from dutrain.degrade import to_rgb_uint8
+from dutrain.schema import CLEAN, TYPES, canonical_json, canonicalize, parse_answer, types_of
+from dutrain.tracking import stage_run
+
+from .classical import restore as restore_classical
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+KINDS = ("identity", "oracle", "predicted")
+PSNR_CAP = 60.0
+
+
+@dataclass
+class Item:
+    name: str  # file name or sample_id
+    degraded: np.ndarray
+    clean: np.ndarray | None = None
+    true: dict[str, Any] | None = None
+    predicted: dict[str, Any] | None = None
+    completion: str | None = None
+    restored: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------- inputs
+
+def read_image(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("RGBA" if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+                        else "RGB")
+        return to_rgb_uint8(np.asarray(im))
+
+
+def load_items(cfg: RestoreConfig) -> list[Item]:
+    """The images to restore: a dataset split, a folder of images or one image file."""
+    if cfg.split is not None:
+        from dutrain.data.dataset import decode_png, read_table
+        rows = read_table(cfg.input, [cfg.split], ["sample_id", "degraded", "clean", "annotation"],
+                          cfg.limit, cfg.storage).to_pylist()
+        if not rows:
+            raise ValueError(f"dataset '{cfg.input}' has no rows in split '{cfg.split}'")
+        return [Item(r["sample_id"], decode_png(r["degraded"]), decode_png(r["clean"]),
+                     canonicalize(json.loads(r["annotation"]))) for r in rows]
+    src = Path(cfg.input)
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"folder '{src}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    elif src.is_file():
+        files = [src]
+    else:
+        raise FileNotFoundError(f"input '{cfg.input}' is neither an image file nor a folder "
+                                f"(a dataset root needs split=...)")
+    return [Item(p.name, read_image(p)) for p in files[:cfg.limit]]
+
+
+def _annotation_of(obj: dict[str, Any], where: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(annotation, completion) from one line: 'annotation' (object or JSON text) or 'completion'."""
+    if "annotation" in obj:
+        ann = obj["annotation"]
+        ann = json.loads(ann) if isinstance(ann, str) else ann
+        try:
+            return canonicalize(ann), None
+        except ValueError as exc:
+            raise ValueError(f"{where}: bad annotation: {exc}") from None
+    if isinstance(obj.get("completion"), str):
+        return parse_answer(obj["completion"]).annotation, obj["completion"]
+    raise ValueError(f"{where}: needs 'annotation' (an object) or 'completion' (model text)")
+
+
+def given_annotations(cfg: RestoreConfig, items: list[Item]) -> None:
+    """Fill `predicted` from `cfg.annotation`: inline JSON, a JSON file or a JSONL file."""
+    ref = str(cfg.annotation).strip()
+    if ref.startswith("{"):
+        single: Any = json.loads(ref)
+    else:
+        path = Path(ref)
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file '{ref}' does not exist")
+        if path.suffix.lower() != ".jsonl":
+            single = json.loads(path.read_text())
+        else:
+            single = None
+            by_name: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+            for no, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                key = obj.get("sample_id", obj.get("image")) if isinstance(obj, dict) else None
+                if not isinstance(key, str):
+                    raise ValueError(f"{ref}:{no}: needs a string 'image' or 'sample_id'")
+                by_name.setdefault(key, _annotation_of(obj, f"{ref}:{no}"))
+                by_name.setdefault(Path(key).stem, by_name[key])
+            missing = [it.name for it in items if it.name not in by_name
+                       and Path(it.name).stem not in by_name]
+            if missing:
+                raise ValueError(f"{ref} has no annotation for {len(missing)} image(s), e.g. "
+                                 f"{missing[:3]}")
+            for it in items:
+                it.predicted, it.completion = by_name.get(it.name) or by_name[Path(it.name).stem]
+    if single is not None:
+        ann = canonicalize(single)
+        for it in items:
+            it.predicted = ann
+
+
+def _calibration_rows(cfg: RestoreConfig, images: bool) -> list[dict[str, Any]]:
+    from dutrain.data.dataset import read_table
+    root = cfg.calibration or cfg.input
+    cols = ["annotation"] + (["degraded"] if images else [])
+    rows = read_table(root, ["train"], cols, cfg.calibration_samples if images else None,
+                      cfg.storage).to_pylist()
+    if not rows:
+        raise ValueError(f"{cfg.model} is calibrated on a train split, and dataset '{root}' has "
+                         f"no train rows")
+    return rows
+
+
+def predicted_completions(cfg: RestoreConfig, items: list[Item]) -> list[str]:
+    """Completions of `cfg.model` for every item: a baseline, or a VLM served by the shared vLLM
+    engine wrapper in Ray actors (`dutrain.evaluate.generate`)."""
+    if cfg.model == "baseline:prior":
+        from dutrain.evaluate.baselines import PriorBaseline
+        b = PriorBaseline.fit(json.loads(r["annotation"]) for r in _calibration_rows(cfg, False))
+        return b.complete([it.degraded for it in items])
+    if cfg.model == "baseline:classical":
+        from dutrain.data.dataset import decode_png
+        from dutrain.evaluate.baselines import ClassicalBaseline
+        from dutrain.evaluate.estimators import measure
+        rows = _calibration_rows(cfg, True)
+        b = ClassicalBaseline.fit([measure(decode_png(r["degraded"])) for r in rows],
+                                  [json.loads(r["annotation"]) for r in rows])
+        return b.complete([it.degraded for it in items])
+    import io
+
+    from dutrain.data.cluster import ray_session
+    from dutrain.evaluate.generate import generate_completions
+    from dutrain.models import resolve_model
+    model_dir = str(resolve_model(str(cfg.model), storage=cfg.storage))
+    pngs = []
+    for it in items:
+        buf = io.BytesIO()
+        Image.fromarray(it.degraded).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    with ray_session(cfg.ray):
+        texts, _ = generate_completions(model_dir, pngs, cfg.generation)
+    return texts
+
+
+# -------------------------------------------------------------------------------- restoration
+
+Restorer = Callable[[np.ndarray, dict[str, Any]], np.ndarray]
+
+
+def restorer(cfg: RestoreConfig) -> Restorer:
+    """The backend named by `restore.backend` as image, annotation → image."""
+    b = cfg.restore
+    if b.backend == "classical":
+        return restore_classical
+    from .ddnm import load_diffusion, restore_ddnm
+    model = load_diffusion(str(b.model), b.device, cfg.storage)
+    return lambda img, ann: restore_ddnm(img, ann, model, b.steps, b.eta, b.seed, b.eps)
+
+
+def psnr(ref: np.ndarray, img: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio
+    if np.array_equal(ref, img):
+        return PSNR_CAP
+    return min(PSNR_CAP, float(peak_signal_noise_ratio(ref, img, data_range=255)))
+
+
+def ssim(ref: np.ndarray, img: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+    return float(structural_similarity(ref, img, channel_axis=2, data_range=255))
+
+
+def split_metrics(split: str, items: Iterable[Item]) -> dict[str, float]:
+    """Mean PSNR/SSIM per kind, overall and per type (see module doc)."""
+    sums: dict[str, list[float]] = {}
+    for it in items:
+        if it.clean is None:
+            continue
+        groups = [CLEAN] if not it.true or not it.true["degradations"] else types_of(it.true)
+        for kind, img in it.restored.items():
+            p, s = psnr(it.clean, img), ssim(it.clean, img)
+            for key, v in ((f"{split}/psnr/{kind}", p), (f"{split}/ssim/{kind}", s)):
+                sums.setdefault(key, []).append(v)
+                for g in groups:
+                    sums.setdefault(f"{key}/{g}", []).append(v)
+    return {k: float(np.mean(v)) for k, v in sorted(sums.items())}
+
+
+def type_counts(items: Iterable[Item]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for it in items:
+        for g in ([CLEAN] if not it.true or not it.true["degradations"] else types_of(it.true)):
+            counts[g] = counts.get(g, 0) + 1
+    return counts
+
+
+# ------------------------------------------------------------------------------------- outputs
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)
+
+
+def _label(ann: dict[str, Any] | None) -> str:
+    if ann is None:
+        return "unparsed"
+    return "+".join(types_of(ann)) or CLEAN
+
+
+def write_grid(items: list[Item], path: Path, rows: int) -> None:
+    """A before/after grid: degraded | restored (each kind) | clean, one row per image (spread
+    evenly over the items), column names on top, PSNR and annotated types under each image."""
+    pick = sorted({int(i) for i in np.linspace(0, len(items) - 1, min(rows, len(items)))})
+    shown = [items[i] for i in pick]
+    kinds = [k for k in ("predicted", "oracle") if any(k in it.restored for it in shown)]
+    cols = ["degraded", *kinds] + (["clean"] if any(it.clean is not None for it in shown) else [])
+    side = max(max(it.degraded.shape[:2]) for it in shown)
+    cell = min(max(side, 96), 192) + 4
+    band = 14
+    grid = Image.new("RGB", (cell * len(cols), band + (cell + band) * len(shown)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, name in enumerate(cols):
+        draw.text((c * cell + 2, 1), name, fill="black")
+    for r, it in enumerate(shown):
+        y0 = band + r * (cell + band)
+        for c, name in enumerate(cols):
+            img = {"degraded": it.degraded, "clean": it.clean}.get(name, it.restored.get(name))
+            if img is None:
+                continue
+            thumb = Image.fromarray(img)
+            thumb.thumbnail((cell - 4, cell - 4))
+            grid.paste(thumb, (c * cell + 2, y0))
+            note = {"predicted": _label(it.predicted), "oracle": _label(it.true),
+                    "degraded": _label(it.true) if it.true is not None else it.name}.get(name, "")
+            if it.clean is not None and name != "clean":
+                img_psnr = psnr(it.clean, img)
+                note = f"{img_psnr:.1f} dB {note}"
+            draw.text((c * cell + 2, y0 + cell - 3), note[: cell // 6], fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
+def markdown_table(split: str, metrics: dict[str, float], counts: dict[str, int]) -> str:
+    kinds = [k for k in KINDS if f"{split}/psnr/{k}" in metrics]
+    head = "| type | n | " + " | ".join(f"PSNR {k}" for k in kinds) + " | " + \
+        " | ".join(f"SSIM {k}" for k in kinds) + " |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(kinds))]
+    for g in ["all", CLEAN, *TYPES]:
+        suffix = "" if g == "all" else f"/{g}"
+        if f"{split}/psnr/identity{suffix}" not in metrics:
+            continue
+        n = counts.get("_total" if g == "all" else g, 0)
+        cells = [f"{metrics.get(f'{split}/psnr/{k}{suffix}', float('nan')):.2f}" for k in kinds]
+        cells += [f"{metrics.get(f'{split}/ssim/{k}{suffix}', float('nan')):.3f}" for k in kinds]
+        lines.append(f"| {g} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- run
+
+def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
+    """Do the work of `dutrain restore` and write every output; returns metrics and paths."""
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    items = load_items(cfg)
+    notes: list[str] = []
+    if cfg.annotation is not None:
+        given_annotations(cfg, items)
+    elif cfg.model is not None:
+        for it, text in zip(items, predicted_completions(cfg, items)):
+            it.completion = text
+            it.predicted = parse_answer(text).annotation
+    unparsed = sum(1 for it in items if it.predicted is None and (cfg.annotation or cfg.model))
+    if unparsed:
+        notes.append(f"{unparsed} of {len(items)} predicted answers did not parse; those images "
+                     f"are left as they are (identity)")
+    fn = restorer(cfg)
+    has_pred = cfg.annotation is not None or cfg.model is not None
+    t0 = time.perf_counter()
+    n_restores = 0
+    for it in items:
+        if it.clean is not None:
+            it.restored["identity"] = it.degraded
+        if it.true is not None:
+            it.restored["oracle"] = fn(it.degraded, it.true)
+            n_restores += 1
+        if has_pred:
+            it.restored["predicted"] = fn(it.degraded, it.predicted) if it.predicted else it.degraded
+            n_restores += 1
+    seconds = time.perf_counter() - t0
+    main = "predicted" if has_pred else "oracle"
+    (out / "restored").mkdir(exist_ok=True)
+    for it in items:
+        Image.fromarray(it.restored[main]).save(out / "restored" / f"{_safe(it.name)}.png")
+    with open(out / "annotations.jsonl", "w") as f:
+        for it in items:
+            row: dict[str, Any] = {"image": it.name}
+            if it.true is not None:
+                row["true"] = json.loads(canonical_json(it.true))
+            if has_pred:
+                row["predicted"] = json.loads(canonical_json(it.predicted)) if it.predicted else None
+            if it.completion is not None:
+                row["completion"] = it.completion
+            f.write(json.dumps(row) + "\n")
+    write_grid(items, out / "grid.png", cfg.grid)
+    metrics: dict[str, float] = {"restore/seconds_per_image": seconds / max(n_restores, 1)}
+    report = ""
+    if cfg.split is not None:
+        metrics.update(split_metrics(cfg.split, items))
+        counts = {**type_counts(items), "_total": len(items)}
+        report = "\n".join([f"# Restoration: {cfg.input} / {cfg.split}", "",
+                            f"backend: {cfg.restore.backend}; predicted by: "
+                            f"{cfg.model or cfg.annotation or '-'}; samples: {len(items)}", "",
+                            markdown_table(cfg.split, metrics, counts), "",
+                            *[f"note: {n}" for n in notes]])
+        (out / "report.md").write_text(report + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    return {"metrics": metrics, "report": report, "notes": notes, "output": out,
+            "count": len(items)}
+
+
+def run(cfg: RestoreConfig) -> int:
+    """The `dutrain restore` runner (exit code 2 when the inputs are unusable)."""
+    try:
+        return _run(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dutrain restore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg: RestoreConfig) -> int:
+    system = cfg.model or (f"annotation:{cfg.annotation}" if cfg.annotation else "oracle")
+    with stage_run(cfg, "restore", params={"model": system}) as run:
+        res = restore_all(cfg)
+        out: Path = res["output"]
+        run.log_metrics(res["metrics"])
+        for name in ("grid.png", "metrics.json", "report.md", "annotations.jsonl"):
+            run.log_artifact(out / name)
+        run.set_tags({"dutrain.model": system, "dutrain.restore.backend": cfg.restore.backend})
+    if res["report"]:
+        print(res["report"])
+    for n in res["notes"]:
+        print(f"note: {n}")
+    print(f"restored {res['count']} image(s) → {out / 'restored'}  grid: {out / 'grid.png'}"
+          + (f"  mlflow run: {run.run_id}" if run.active else ""))
+    return 0
