@@ -41,7 +41,7 @@ import yaml
 import dutrain
 from dutrain.config import VERBS, ConfigError, help_rows, load_config
 from dutrain.config.secrets import SECRET_ENV_VARS, redacted, scrub
-from dutrain.config.submit import SubmitConfig
+from dutrain.config.submit import DEFAULT_EXCLUDES, SubmitConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_CLUSTER = 0, 1, 2, 3, 4
 STATUS_EXIT = {"SUCCEEDED": EXIT_OK, "FAILED": EXIT_FAILED, "STOPPED": EXIT_STOPPED}
@@ -117,8 +117,9 @@ def parse_argv(argv: list[str]) -> Request:
         else:
             req.overrides.append(arg)
     if "excludes" in req.settings:  # --exclude adds to the defaults
-        defaults = [f.default_factory() for f in fields(SubmitConfig) if f.name == "excludes"][0]
-        req.settings["excludes"] = defaults + req.settings["excludes"]
+        req.settings["excludes"] = [*DEFAULT_EXCLUDES, *req.settings["excludes"]]
+    if req.action == "help":
+        return req
     if req.action == "submit" and req.verb is None:
         raise ConfigError("missing VERB: dutrain submit VERB [flags] [key=value ...] "
                           "(or --status/--logs/--stop ID, --list)")
@@ -438,7 +439,10 @@ def run(argv: list[str], out: TextIO | None = None, err: TextIO | None = None) -
             return EXIT_OK
         cfg = load_config(SubmitConfig, overrides=req.settings, verb="submit")
     except ConfigError as exc:
-        print(f"dutrain submit: {exc}", file=err)
+        msg = str(exc)
+        for flag, (key, _, _) in FLAGS.items():  # name the flag the user typed
+            msg = msg.replace(f"'{key}'", f"'{key}' ({flag})", 1)
+        print(f"dutrain submit: {msg}", file=err)
         return EXIT_USAGE
     try:
         return _act(req, cfg, out, err)
