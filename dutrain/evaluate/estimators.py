@@ -74,7 +74,7 @@ def jpeg_estimate(rgb: np.ndarray, qualities: tuple[int, int] = (5, 95)) -> tupl
     """(quality, score) from block-DCT quantization periodicity (see module doc).
 
     Only qualities in `qualities` (the taxonomy's valid range) are tried; a quality is scored
-    only where at least 4 coefficient positions have enough blocks with |c| >= T/2, since the
+    only where at least 3 coefficient positions have enough blocks with |c| >= T/2, since the
     mean of a few cosines is often high by chance.
     """
     c = block_dct(rgb)
@@ -90,7 +90,7 @@ def jpeg_estimate(rgb: np.ndarray, qualities: tuple[int, int] = (5, 95)) -> tupl
             x = coef[:, k][np.abs(coef[:, k]) >= t / 2]
             if x.size >= need:
                 s.append(np.cos(2 * np.pi * x / t).mean())
-        score = float(np.mean(s)) if len(s) >= 4 else 0.0
+        score = float(np.mean(s)) if len(s) >= 3 else 0.0
         if score > best:
             best_q, best = q, score
     return float(best_q), best

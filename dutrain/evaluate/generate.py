@@ -21,25 +21,31 @@ class _Worker:
         self.engine = VLLMEngine(model_dir, dtype=gen["dtype"], max_model_len=gen["max_model_len"],
                                  max_num_seqs=gen["batch_size"], seed=gen["seed"])
 
-    def complete(self, pngs: Sequence[bytes]) -> list[str]:
+    def complete(self, pngs: Sequence[bytes]) -> tuple[list[str], int]:
+        """(completion texts, generated tokens) for a batch."""
         from dutrain.data.dataset import decode_png
         g = self.gen
         outs = self.engine.generate([decode_png(p) for p in pngs], n=1,
                                     temperature=g["temperature"], max_tokens=g["max_tokens"],
                                     seed=g["seed"], structured=g["structured"])
-        return [o[0].text for o in outs]
+        return [o[0].text for o in outs], sum(len(o[0].token_ids) for o in outs)
 
 
 @dataclass
 class GenerationStats:
     workers: int
     samples: int
+    tokens: int
     startup_seconds: float
     generate_seconds: float
 
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.generate_seconds if self.generate_seconds > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.generate_seconds if self.generate_seconds > 0 else 0.0
 
 
 def generate_completions(model_dir: str, pngs: Sequence[bytes], gen: Any) -> tuple[list[str], GenerationStats]:
@@ -62,6 +68,7 @@ def generate_completions(model_dir: str, pngs: Sequence[bytes], gen: Any) -> tup
                    for i in range(0, len(pngs), gen.batch_size)]
         out: list[str | None] = [None] * len(pngs)
         t1 = time.perf_counter()
+        tokens = 0
         pending: dict[Any, tuple[Any, list[int]]] = {}
         free = list(workers)
         queue = list(batches)
@@ -71,11 +78,13 @@ def generate_completions(model_dir: str, pngs: Sequence[bytes], gen: Any) -> tup
                 pending[w.complete.remote([pngs[i] for i in idx])] = (w, idx)
             done, _ = ray.wait(list(pending), num_returns=1)
             w, idx = pending.pop(done[0])
-            for i, text in zip(idx, ray.get(done[0])):
+            texts, n_tok = ray.get(done[0])
+            tokens += n_tok
+            for i, text in zip(idx, texts):
                 out[i] = text
             free.append(w)
         gen_s = time.perf_counter() - t1
     finally:
         for w in workers:
             ray.kill(w)
-    return [o or "" for o in out], GenerationStats(gen.workers, len(pngs), startup, gen_s)
+    return [o or "" for o in out], GenerationStats(gen.workers, len(pngs), tokens, startup, gen_s)

@@ -77,6 +77,7 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
         texts, stats = generate_completions(model_dir, [r["degraded"] for r in wanted],
                                             cfg.generation)
     timing.update({"eval/samples_per_s": stats.samples_per_s,
+                   "eval/tokens_per_s": stats.tokens_per_s,
                    "eval/startup_seconds": stats.startup_seconds,
                    "eval/generate_seconds": stats.generate_seconds,
                    "eval/workers": float(stats.workers)})
