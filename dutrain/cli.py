@@ -32,8 +32,12 @@ def _verb_help(name: str) -> str:
            "keys (default, description):"]
     for key, default, doc in rows:
         wrapped = textwrap.wrap(doc, 100 - kw - dw - 6) or [""]
-        out.append(f"  {key:<{kw}}  {default:<{dw}}  {wrapped[0]}")
-        out += [" " * (kw + dw + 6) + w for w in wrapped[1:]]
+        if len(default) > dw:  # a long default gets its own line
+            out.append(f"  {key:<{kw}}  {default}")
+            wrapped = [""] + wrapped
+        out.append(f"  {key:<{kw}}  {default:<{dw}}  {wrapped[0]}" if len(default) <= dw
+                   else " " * (kw + dw + 6) + wrapped[1])
+        out += [" " * (kw + dw + 6) + w for w in wrapped[1 if len(default) <= dw else 2:]]
     return "\n".join(out)
 
 
@@ -60,6 +64,11 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:  # `dutrain ... | head` must not end in a traceback
+        import signal
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    except (AttributeError, ValueError):
+        pass
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_main_help())
         return 0

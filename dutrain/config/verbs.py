@@ -31,6 +31,8 @@ def _load(path: str) -> Any:
 
 
 VERBS: dict[str, Verb] = {v.name: v for v in [
+    Verb("pipeline", "dutrain.config.pipeline:PipelineConfig", "dutrain.pipeline:run",
+         "generate → sft → rl → eval → restore → compare under one parent MLflow run"),
     Verb("generate", "dutrain.config.generate:GenerateConfig", "dutrain.data.generate:run",
          "synthesize clean/degraded pairs with exact annotations (Ray Data → Parquet)"),
     Verb("sft", "dutrain.config.sft:SFTConfig", "dutrain.sft.run:run",
@@ -46,3 +48,7 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
     Verb("restore", "dutrain.config.restore:RestoreConfig", "dutrain.restore.run:run",
          "restore images with the physics an annotation names (given, true or predicted)"),
 ]}
+
+# Listed in the order a user meets them (DESIGN.md §7).
+_ORDER = ("generate", "sft", "rl", "eval", "restore", "compare", "pipeline", "submit")
+VERBS = {k: VERBS[k] for k in sorted(VERBS, key=lambda k: _ORDER.index(k) if k in _ORDER else 99)}

@@ -1,0 +1,218 @@
+"""`dutrain pipeline`: generate → sft → rl → eval → restore → compare, one parent MLflow run.
+
+Each stage runs in this process through its verb's own runner, as a child MLflow run of the
+pipeline run (`DUTRAIN_PARENT_RUN_ID`), on the one Ray cluster the pipeline opened. A stage that
+finishes writes `workdir/.pipeline/<stage>.json` (its resolved config hash and outputs); a rerun
+skips stages whose marker matches their config, so only changed or forced stages (and the
+stages after them) run again. A failing stage stops the pipeline with its name and exit code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from dutrain.config import VERBS, replace, to_dict
+from dutrain.config.pipeline import STAGES, PipelineConfig
+from dutrain.config.secrets import redacted
+from dutrain.tracking import PARENT_ENV, stage_run, tracking_uri
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+@dataclass
+class StageJob:
+    """One run of one verb within a stage (eval runs once per evaluated system)."""
+
+    stage: str
+    label: str
+    verb: str
+    config: Any
+
+
+# ------------------------------------------------------------------------------------ wiring
+
+def _stage_cfg(cfg: PipelineConfig, stage: str, **changes: Any) -> Any:
+    """The stage's section with pipeline-level tracking/ray and the given keys changed."""
+    section = getattr(cfg, stage)
+    common = {}
+    fields = to_dict(section)
+    if "tracking" in fields:
+        common["tracking"] = {**to_dict(cfg.tracking), "run_name": None}
+    if "ray" in fields:
+        common["ray"] = to_dict(cfg.ray)
+    return replace(section, **common, **changes)
+
+
+def checkpoint_of(cfg: PipelineConfig, stage: str) -> str:
+    """Where the final model of `sft` or `rl` lands under the workdir."""
+    return str(Path(cfg.workdir) / stage / "final")
+
+
+def plan(cfg: PipelineConfig) -> list[StageJob]:
+    w = Path(cfg.workdir)
+    data = str(w / "data")
+    model = checkpoint_of(cfg, cfg.eval_model if "rl" in cfg.stages or cfg.eval_model == "sft"
+                          else "sft")
+    jobs: list[StageJob] = []
+    for stage in cfg.stages:
+        if stage == "generate":
+            jobs.append(StageJob(stage, "generate", "generate", _stage_cfg(cfg, stage, output=data)))
+        elif stage == "sft":
+            jobs.append(StageJob(stage, "sft", "sft", _stage_cfg(
+                cfg, stage, dataset=data, output=str(w / "sft"))))
+        elif stage == "rl":
+            jobs.append(StageJob(stage, "rl", "rl", _stage_cfg(
+                cfg, stage, dataset=data, model=checkpoint_of(cfg, "sft"), output=str(w / "rl"))))
+        elif stage == "eval":
+            systems = [model] + list(cfg.baselines)
+            for system in systems:
+                label = system.split(":", 1)[1] if system.startswith("baseline:") else "model"
+                jobs.append(StageJob(stage, f"eval-{label}", "eval", _stage_cfg(
+                    cfg, stage, dataset=data, model=system, output=str(w / "eval" / label),
+                    name=label if label != "model" else f"dutrain-{cfg.eval_model}")))
+        elif stage == "restore":
+            jobs.append(StageJob(stage, "restore", "restore", _stage_cfg(
+                cfg, stage, input=data, split="test", model=model, output=str(w / "restore"))))
+        elif stage == "compare":
+            jobs.append(StageJob(stage, "compare", "compare", _stage_cfg(
+                cfg, stage, output=str(w / "compare"))))
+    return jobs
+
+
+# ------------------------------------------------------------------------------------ markers
+
+def _hash(job: StageJob) -> str:
+    conf = redacted(job.config)
+    conf.pop("tracking", None)  # where a run is logged does not change its outputs
+    return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _marker(cfg: PipelineConfig, job: StageJob) -> Path:
+    return Path(cfg.workdir) / ".pipeline" / f"{job.label}.json"
+
+
+def is_complete(cfg: PipelineConfig, job: StageJob) -> bool:
+    m = _marker(cfg, job)
+    if not m.is_file():
+        return False
+    try:
+        return json.loads(m.read_text()).get("config_hash") == _hash(job)
+    except ValueError:
+        return False
+
+
+def _mark(cfg: PipelineConfig, job: StageJob, seconds: float, run_id: str | None) -> None:
+    m = _marker(cfg, job)
+    m.parent.mkdir(parents=True, exist_ok=True)
+    m.write_text(json.dumps({"stage": job.stage, "label": job.label, "config_hash": _hash(job),
+                             "seconds": round(seconds, 1), "run_id": run_id,
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+
+
+# ------------------------------------------------------------------------------------ running
+
+def _compare_children(job: StageJob, parent_id: str | None) -> StageJob:
+    """compare selects this pipeline's eval runs by their parent."""
+    if not parent_id or job.config.runs or job.config.filter:
+        return job
+    tags = ["dutrain.stage=eval", f"mlflow.parentRunId={parent_id}"]
+    return StageJob(job.stage, job.label, job.verb, replace(job.config, tags=tags))
+
+
+def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None = None) -> dict:
+    """Run the planned stages; returns {label: {"status", "seconds"}}. Raises PipelineError."""
+    from dutrain.data.cluster import ray_session
+
+    runner = runner or (lambda verb, c: VERBS[verb].run_fn()(c))
+    jobs = plan(cfg)
+    forced = set(cfg.force)
+    redo_from = min((STAGES.index(s) for s in forced), default=len(STAGES))
+    results: dict[str, dict[str, Any]] = {}
+    name = cfg.tracking.run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
+    with stage_run(cfg, "pipeline", run_name=name) as parent, ray_session(cfg.ray):
+        if parent.active:
+            os.environ[PARENT_ENV] = parent.run_id
+        try:
+            for job in jobs:
+                if job.stage == "compare":
+                    job = _compare_children(job, parent.run_id)
+                must = STAGES.index(job.stage) >= redo_from
+                if not must and is_complete(cfg, job):
+                    results[job.label] = {"status": "skipped (complete)", "seconds": 0.0}
+                    print(f"[pipeline] {job.label}: complete, skipped", flush=True)
+                    continue
+                print(f"[pipeline] {job.label}: running `dutrain {job.verb}`", flush=True)
+                t0 = time.monotonic()
+                code = runner(job.verb, job.config)
+                dt = time.monotonic() - t0
+                code = int(code or 0) if not isinstance(code, dict) else 0
+                if code != 0:
+                    results[job.label] = {"status": f"FAILED (exit {code})", "seconds": dt}
+                    parent.log_metrics({f"pipeline/{job.label}_seconds": dt})
+                    raise PipelineError(f"stage '{job.label}' (dutrain {job.verb}) failed with exit "
+                                        f"code {code}; later stages not run. Fix it and rerun: "
+                                        f"completed stages are skipped.")
+                redo_from = min(redo_from, STAGES.index(job.stage) + 1)  # later stages see new outputs
+                _mark(cfg, job, dt, None)
+                results[job.label] = {"status": "done", "seconds": dt}
+                parent.log_metrics({f"pipeline/{job.label}_seconds": dt})
+        finally:
+            os.environ.pop(PARENT_ENV, None)
+            parent.log_dict(results, "pipeline_results.json")
+    return results
+
+
+def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
+    lines = ["", "stage                 status                 seconds"]
+    for label, r in results.items():
+        lines.append(f"{label:<21} {r['status']:<22} {r['seconds']:7.1f}")
+    metrics_rows = []
+    for label in sorted(p.name for p in (Path(cfg.workdir) / "eval").glob("*") if p.is_dir()):
+        f = Path(cfg.workdir) / "eval" / label / "metrics.json"
+        if f.is_file():
+            m = json.loads(f.read_text())
+            for split in ("test", "ood"):
+                if f"{split}/type_f1" in m:
+                    metrics_rows.append(
+                        f"{label:<10} {split:<5} {m.get(f'{split}/format_valid', float('nan')):>7.3f} "
+                        f"{m.get(f'{split}/type_f1', float('nan')):>7.3f} "
+                        f"{m.get(f'{split}/type_exact', float('nan')):>7.3f} "
+                        f"{m.get(f'{split}/value_nmae', float('nan')):>7.3f}")
+    if metrics_rows:
+        lines += ["", "system     split  format type_f1  exact  v_nmae"] + metrics_rows
+    restore = Path(cfg.workdir) / "restore" / "metrics.json"
+    if restore.is_file():
+        m = json.loads(restore.read_text())
+        psnr = {k: v for k, v in m.items() if "/psnr/" in k}
+        if psnr:
+            lines += ["", "restoration PSNR (dB): " + ", ".join(f"{k} {v:.2f}" for k, v in psnr.items())]
+    uri = tracking_uri(cfg.tracking.uri)
+    lines += ["", f"outputs under {cfg.workdir}/ (data, sft, rl, eval, restore, compare)"]
+    if uri.startswith("sqlite:///"):
+        lines.append(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
+                     f"--port 5000  → http://127.0.0.1:5000")
+    else:
+        lines.append(f"MLflow: {uri}")
+    return "\n".join(lines)
+
+
+def run(cfg: PipelineConfig) -> int:
+    """CLI runner."""
+    t0 = time.monotonic()
+    try:
+        results = run_pipeline(cfg)
+    except PipelineError as exc:
+        print(f"dutrain pipeline: {exc}", file=sys.stderr)
+        return 1
+    print(_summary(cfg, results))
+    print(f"pipeline wall time: {time.monotonic() - t0:.0f} s")
+    return 0
