@@ -6,7 +6,8 @@
   training rows: per stage, a threshold on one presence statistic (the one maximizing that stage's
   F1 on train); within a stage holding several types, the nearest class mean of standardized
   discriminating features; per key, a least-squares line from the raw physical estimate to the
-  value (identity where the estimate is already the physical value: JPEG quality, angles). Values
+  value, fitted on the training rows where the stage is detected (identity where the estimate
+  is already the physical value: JPEG quality, angles). Values
   are clamped to the valid range, snapped to the grid and written with `render_answer`.
 """
 
@@ -86,6 +87,8 @@ RAW: dict[str, str | None] = {
     "poisson_noise.peak": "noise_peak", "jpeg.quality": "jpeg_quality",
 }
 IDENTITY = ("jpeg.quality", "motion_blur.angle", "rain.angle")
+#: keys calibrated as log(value) ≈ a·log(raw) + b (estimates spread over decades)
+LOG_SCALE = ("poisson_noise.peak",)
 #: type.key → a 0/1 feature splitting its calibration in two regimes (a line per regime)
 REGIME: dict[str, str] = {"gaussian_noise.sigma": "jpeg_regime"}
 assert set(RAW) == {f"{d.type}.{p.key}" for d in TAXONOMY.values() for p in d.params}
@@ -109,17 +112,29 @@ def best_threshold(stat: np.ndarray, positive: np.ndarray) -> tuple[float, float
 
 
 def _fit_line(pairs: Sequence[tuple[Mapping[str, float], float]], feature: str | None,
-              default: float | None) -> dict[str, Any] | None:
-    """Least-squares line value ≈ a·feature + b over (features, true value) pairs; the median of
-    the values when there is no feature or fewer than 5 pairs (`default`, or None, without any)."""
+              default: float | None, log: bool = False) -> dict[str, Any] | None:
+    """Least-squares line value ≈ a·feature + b (both logged with `log`) over (features, true
+    value) pairs; the median of the values when there is no feature or fewer than 5 pairs
+    (`default`, or None, without any pair)."""
     true = np.array([v for _, v in pairs], dtype=float)
     raw = np.array([f[feature] for f, _ in pairs], dtype=float) if feature else np.empty(0)
     if feature is None or true.size < 5 or np.ptp(raw) <= 0:
         if true.size:
             return {"feature": None, "median": float(np.median(true))}
         return None if default is None else {"feature": None, "median": default}
+    if log:
+        raw, true = np.log(np.maximum(raw, 1e-3)), np.log(true)
     a, b = np.polyfit(raw, true, 1)
-    return {"feature": feature, "a": float(a), "b": float(b)}
+    return {"feature": feature, "a": float(a), "b": float(b), "log": log}
+
+
+def _apply_line(m: Mapping[str, Any], feats: Mapping[str, float]) -> float:
+    if m["feature"] is None:
+        return m["median"]
+    x = feats[m["feature"]]
+    if m.get("log"):
+        return float(np.exp(m["a"] * np.log(max(x, 1e-3)) + m["b"]))
+    return m["a"] * x + m["b"]
 
 
 @dataclass
@@ -157,10 +172,14 @@ class ClassicalBaseline:
             t, k = tk.split(".")
             p = TAXONOMY[t].param(k)
             has = [(f, ts[t][k]) for f, ts in zip(features, types) if t in ts]
+            # calibrate on the rows where the stage is detected: those are the rows answered
+            pres = cal["presence"][str(TAXONOMY[t].stage)]
+            seen = [(f, v) for f, v in has if pres["sign"] * f[pres["feature"]] > pres["threshold"]]
+            has = seen if len(seen) >= 5 else has
             if tk in IDENTITY:
                 cal["values"][tk] = {"feature": feat, "a": 1.0, "b": 0.0}
                 continue
-            cal["values"][tk] = _fit_line(has, feat, float(np.mean(p.train)))
+            cal["values"][tk] = _fit_line(has, feat, float(np.mean(p.train)), tk in LOG_SCALE)
             if tk in REGIME:
                 reg = REGIME[tk]
                 cal["values"][tk]["regime"] = reg
@@ -192,7 +211,7 @@ class ClassicalBaseline:
                 if "regime" in m:
                     sub = m["by_regime"][str(float(feats[m["regime"]]))]
                     m = sub if sub is not None else m
-                v = m["median"] if m["feature"] is None else m["a"] * feats[m["feature"]] + m["b"]
+                v = _apply_line(m, feats)
                 if p.period:
                     v = v % p.period
                 params[p.key] = p.snap(v if np.isfinite(v) else float(np.mean(p.train)))

@@ -20,8 +20,8 @@ of floats, on which the classical baseline calibrates its thresholds and linear 
   derivative energy E(θ): ``anisotropy`` = min/max, ``motion_angle`` = argmin (motion along θ
   removes the derivative along θ); ``lsf_shape`` = (10-90 % width)/(contrast/peak slope) of edges
   (≈1.0 Gaussian, ≈0.87 disk).
-- Down-sampling: ``cutoff`` = frequency below which 97 % of the (Hann-windowed) spectral energy
-  lies, over Nyquist (≈ scale after bicubic down/up-sampling).
+- Down-sampling: ``cutoff`` = lowest frequency (over Nyquist) where the windowed spectrum falls
+  to the uint8 rounding floor (bicubic down/up-sampling by s empties the band above ≈ s).
 - Low light: ``bright_p99`` (99.5th percentile of max(R, G, B), 0-1: the gain when the scene has a
   white) and ``gamma_raw`` = ln(median(I / gain)) / ln(0.4) (a typical scene median of 0.4).
 - Rain: ``streaks`` (share of pixels brighter than their 5x5 mean by 20 DN, %) and
@@ -212,19 +212,27 @@ def lsf_shape(g: np.ndarray) -> float:
     return float(np.median(out)) if out else 1.0
 
 
-def spectral_cutoff(g: np.ndarray, energy: float = 0.97) -> float:
-    """Frequency (over Nyquist) below which `energy` of the windowed spectrum's AC energy lies."""
+def spectral_cutoff(g: np.ndarray, bands: int = 32, margin: float = 0.5) -> float:
+    """Lowest frequency (over Nyquist) where the spectrum falls to the uint8 rounding floor.
+
+    The Hann-windowed power is averaged in `bands` square-ring bands (max(|fx|, |fy|)); the floor
+    is white rounding noise of the luma, variance (0.299² + 0.587² + 0.114²) / 12 DN², times the
+    window's energy. A band counts as empty when its log10 power is within `margin` of the
+    floor; 1.0 when no band is (nothing removed the high frequencies).
+    """
     h, w = g.shape
     win = np.outer(np.hanning(h), np.hanning(w))
-    p = np.abs(np.fft.fftshift(np.fft.fft2((g - g.mean()) * win))) ** 2
-    fy = np.fft.fftshift(np.fft.fftfreq(h))[:, None]
-    fx = np.fft.fftshift(np.fft.fftfreq(w))[None, :]
-    f = np.maximum(np.abs(fy), np.abs(fx)) / 0.5
-    order = np.argsort(f.ravel())
-    cum = np.cumsum(p.ravel()[order])
-    if cum[-1] <= 0:
-        return 1.0
-    return float(f.ravel()[order][np.searchsorted(cum, energy * cum[-1])])
+    p = np.abs(np.fft.fft2((g - g.mean()) * win)) ** 2
+    fy = np.abs(np.fft.fftfreq(h))[:, None]
+    fx = np.abs(np.fft.fftfreq(w))[None, :]
+    f = np.maximum(fy, fx) / 0.5
+    floor = np.log10((0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2) / 12.0 * (win ** 2).sum())
+    idx = np.minimum((f * bands).astype(int), bands - 1)
+    sums = np.bincount(idx.ravel(), p.ravel(), bands)
+    counts = np.maximum(np.bincount(idx.ravel(), minlength=bands), 1)
+    level = np.log10(sums / counts + 1e-12)
+    empty = np.nonzero(level[1:] < floor + margin)[0]
+    return float((empty[0] + 1) / bands) if empty.size else 1.0
 
 
 def rain_angle(g: np.ndarray) -> float:
