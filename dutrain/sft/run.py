@@ -58,13 +58,16 @@ def run(cfg: SFTConfig) -> int:
     from .loop import train_loop
 
     output, dataset = _abs(cfg.output), _abs(cfg.dataset)
-    # fail fast on a bad model reference, and build the tiny model once for every worker
-    model_dir = resolve_model(cfg.model, storage=cfg.storage,
-                              tiny=cfg.tiny.spec() if cfg.model == "tiny" else None)
+    # build the tiny model once for every worker, and check a local checkpoint before any work;
+    # hub and s3 models are fetched by the workers themselves (not onto the driver)
+    model_dir = cfg.model
+    if cfg.model == "tiny" or Path(cfg.model).expanduser().is_dir():
+        model_dir = str(resolve_model(cfg.model, storage=cfg.storage,
+                                      tiny=cfg.tiny.spec() if cfg.model == "tiny" else None))
     if not cfg.resume:
         _clear_previous(output, cfg.storage)
     conf = to_dict(cfg) | {"dataset": dataset, "output": output}
-    with ray_session(cfg.ray), stage_run(cfg, "sft", params={"model_dir": str(model_dir)}) as run:
+    with ray_session(cfg.ray), stage_run(cfg, "sft", params={"model_dir": model_dir}) as run:
         t0 = time.perf_counter()
         shards = prepared_splits(dataset, "train", cfg.target, cfg.num_workers, cfg.train_limit,
                                  cfg.storage, cfg.seed)
