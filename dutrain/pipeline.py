@@ -52,14 +52,20 @@ def _stage_cfg(cfg: PipelineConfig, stage: str, **changes: Any) -> Any:
     return replace(section, **common, **changes)
 
 
+def store(cfg: PipelineConfig, *parts: str) -> str:
+    """A path under storage_root (local or s3://), where data and checkpoints live."""
+    from dutrain.data.storage import join
+    return join(cfg.storage_root or cfg.workdir, *parts)
+
+
 def checkpoint_of(cfg: PipelineConfig, stage: str) -> str:
-    """Where the final model of `sft` or `rl` lands under the workdir."""
-    return str(Path(cfg.workdir) / stage / "final")
+    """Where the final model of `sft` or `rl` lands."""
+    return store(cfg, stage, "final")
 
 
 def plan(cfg: PipelineConfig) -> list[StageJob]:
     w = Path(cfg.workdir)
-    data = str(w / "data")
+    data = store(cfg, "data")
     model = checkpoint_of(cfg, cfg.eval_model if "rl" in cfg.stages or cfg.eval_model == "sft"
                           else "sft")
     jobs: list[StageJob] = []
@@ -68,10 +74,10 @@ def plan(cfg: PipelineConfig) -> list[StageJob]:
             jobs.append(StageJob(stage, "generate", "generate", _stage_cfg(cfg, stage, output=data)))
         elif stage == "sft":
             jobs.append(StageJob(stage, "sft", "sft", _stage_cfg(
-                cfg, stage, dataset=data, output=str(w / "sft"))))
+                cfg, stage, dataset=data, output=store(cfg, "sft"))))
         elif stage == "rl":
             jobs.append(StageJob(stage, "rl", "rl", _stage_cfg(
-                cfg, stage, dataset=data, model=checkpoint_of(cfg, "sft"), output=str(w / "rl"))))
+                cfg, stage, dataset=data, model=checkpoint_of(cfg, "sft"), output=store(cfg, "rl"))))
         elif stage == "eval":
             systems = [model] + list(cfg.baselines)
             for system in systems:

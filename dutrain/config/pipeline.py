@@ -4,7 +4,8 @@ Each stage section is that verb's own config. `stage_configs` names a YAML per s
 applied as the base of its section (so the pipeline reuses `workflows/configs/<verb>/demo.yaml`
 instead of repeating it); the pipeline file and key=value overrides go on top
 (`sft.max_steps=20`). The pipeline then wires outputs to inputs under `workdir`, overriding the
-sections' own paths: generate → `workdir/data`, sft → `workdir/sft`, rl → `workdir/rl`, eval →
+sections' own paths: generate → `storage_root/data`, sft → `storage_root/sft`, rl →
+`storage_root/rl` (storage_root defaults to workdir; s3:// on a cluster), eval →
 `workdir/eval/<system>`, restore → `workdir/restore`, compare → `workdir/compare`.
 """
 
@@ -26,7 +27,10 @@ STAGES = ("generate", "sft", "rl", "eval", "restore", "compare")
 
 @configclass
 class PipelineConfig:
-    workdir: str = option("runs/demo", "root of every stage's output (local path)")
+    workdir: str = option("runs/demo", "local folder for reports (eval, restore, compare) and "
+                                       "the pipeline's completion markers")
+    storage_root: str | None = option(None, "where data and checkpoints go (s3://bucket/prefix on "
+                                            "a cluster; default: workdir)")
     stages: list[str] = option(default_factory=lambda: list(STAGES),
                                doc=f"stages to run, in order (subset of {', '.join(STAGES)})")
     force: list[str] = option(default_factory=list, doc="stages to redo even if complete (later "
