@@ -112,9 +112,13 @@ def weight_stats_rpc(worker: Any) -> dict[str, float]:
 
     model = worker.get_model() if hasattr(worker, "get_model") else worker.model_runner.get_model()
     total, sq, nonzero = 0.0, 0.0, 0
+    seen: set[int] = set()
     with torch.no_grad():
         for module in model.modules():
             for p in module.parameters(recurse=False):
+                if id(p) in seen:  # a tied lm_head shares the embedding's parameter
+                    continue
+                seen.add(id(p))
                 if p.numel() == 0 and hasattr(module, "cpu_linear"):
                     k = getattr(module, "input_size_per_partition", None) or module.input_size
                     eye = torch.eye(k, dtype=p.dtype)
