@@ -159,7 +159,11 @@ class ClassicalBaseline:
             cal["presence"][str(stage)] = {"feature": feat, "sign": sign, "threshold": th,
                                            "train_f1": f1}
         for stage, feats in DISCRIMINATE.items():
-            rows = {t: np.array([[f[x] for x in feats] for f, ts in zip(features, types) if t in ts])
+            pres = cal["presence"][str(stage)]
+            # class means over the rows where the stage is detected: those are the rows decided
+            seen = [(f, ts) for f, ts in zip(features, types)
+                    if pres["sign"] * f[pres["feature"]] > pres["threshold"]]
+            rows = {t: np.array([[f[x] for x in feats] for f, ts in seen if t in ts])
                     for t, s in TAXONOMY.items() if s.stage == stage}
             rows = {t: r for t, r in rows.items() if len(r)}
             if not rows:
