@@ -8,7 +8,8 @@ from .core import ConfigError, configclass, option
 
 @configclass
 class CompareConfig:
-    runs: list[str] = option(default_factory=list, doc="run ids or run names to compare")
+    runs: list[str] = option(default_factory=list, doc="run ids or run names (a name: its newest "
+                                                       "run); every given selector applies")
     filter: str | None = option(None, "MLflow filter string, e.g. \"params.model = 'tiny'\" or "
                                       "\"metrics.`test/type_f1` > 0.5\"")
     tags: list[str] = option(default_factory=list, doc="tag selectors KEY=VALUE (all must hold), "

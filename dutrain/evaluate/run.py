@@ -138,7 +138,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
 def _run_eval(cfg: EvalConfig) -> int:
     label = cfg.system.rstrip("/").rsplit("/", 1)[-1]
-    name = cfg.tracking.run_name or f"eval-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = cfg.tracking.run_name or f"eval-{label}"  # stable: `compare runs=[eval-x]` finds it
     with stage_run(cfg, "eval", run_name=name, params={"model": cfg.system}) as run:
         res = evaluate(cfg)
         out: Path = res["output"]

@@ -1,7 +1,8 @@
 """`dutrain compare`: select MLflow runs, tabulate the params that differ and chosen metrics.
 
-Runs are selected by id or name (`runs`), by an MLflow filter string (`filter`) and/or by tags
-(`tags`, KEY=VALUE); with no selector, the newest `eval` runs of the experiment. The table goes
+Runs are selected by id or name (`runs`), by an MLflow filter string (`filter`) and by tags
+(`tags`, KEY=VALUE); given selectors all apply; with none, the newest `eval` runs of the
+experiment. The table goes
 to the terminal, `compare.md`, `compare.csv` and a chart `compare.png`, all logged as artifacts
 of a `compare` run (tag dutrain.stage=compare, tag dutrain.compared_runs).
 """
@@ -76,12 +77,13 @@ def _quote(s: str) -> str:
 def select_runs(client: Any, experiment_ids: Sequence[str], runs: Sequence[str] = (),
                 filter_string: str | None = None, tags: Sequence[str] = (),
                 max_runs: int = 20) -> list[Any]:
-    """Runs matching any id/name in `runs`, plus those matching `filter_string` AND all `tags`.
+    """Runs selected by every given selector: ids or names in `runs` (a name: the newest run of
+    that name), `filter_string` and all `tags`; with no selector at all, the newest `eval` runs.
 
-    With no selector at all, the newest `eval` runs. Oldest first; no duplicates.
+    Oldest first; no duplicates. Raises ValueError naming what matched nothing.
     """
-    found: dict[str, Any] = {}
     order = ["attributes.start_time DESC"]
+    named: dict[str, Any] = {}
     for ref in runs:
         hits = []
         if _RUN_ID.match(ref):
@@ -91,24 +93,27 @@ def select_runs(client: Any, experiment_ids: Sequence[str], runs: Sequence[str] 
                 hits = []
         if not hits:
             hits = client.search_runs(experiment_ids, f"attributes.run_name = {_quote(ref)}",
-                                      max_results=max_runs, order_by=order)
+                                      max_results=1, order_by=order)
         if not hits:
             raise ValueError(f"no run with id or name {ref!r} in experiment(s) {list(experiment_ids)}")
-        found.update({h.info.run_id: h for h in hits})
+        named[hits[0].info.run_id] = hits[0]
     clauses = [f"tags.`{k}` = {_quote(v)}" for k, v in (t.split("=", 1) for t in tags)]
     if filter_string:
         clauses.append(filter_string)
     if not runs and not clauses:
         clauses = ["tags.`dutrain.stage` = 'eval'"]
+    found = named
     if clauses:
+        where = " and ".join(clauses)
         try:
-            hits = client.search_runs(experiment_ids, " and ".join(clauses), max_results=max_runs,
-                                      order_by=order)
+            hits = client.search_runs(experiment_ids, where, order_by=order,
+                                      max_results=1000 if runs else max_runs)
         except Exception as exc:
-            raise ValueError(f"bad run selector {' and '.join(clauses)!r}: {exc}") from None
-        found.update({h.info.run_id: h for h in hits})
-    if not found:
-        raise ValueError("no runs matched " + (" and ".join(clauses) if clauses else str(list(runs))))
+            raise ValueError(f"bad run selector {where!r}: {exc}") from None
+        ids = {h.info.run_id for h in hits}
+        found = {i: r for i, r in named.items() if i in ids} if runs else {h.info.run_id: h for h in hits}
+        if not found:
+            raise ValueError(f"no runs matched {where}" + (f" among {list(runs)}" if runs else ""))
     return sorted(found.values(), key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 

@@ -67,6 +67,8 @@ def test_compare_by_filter_and_tags(runs, tmp_path):
     assert [r["run"] for r in rows] == ["prior"]
     rows = _compare(uri, exp, tmp_path / "d")  # default: every eval run
     assert {r["run"] for r in rows} == {"sft-only", "sft-rl", "prior"}
+    rows = _compare(uri, exp, tmp_path / "n", "runs=[sft-only,prior]", "tags=[group=a]")  # both apply
+    assert [r["run"] for r in rows] == ["sft-only"]
 
 
 def test_compare_names_what_did_not_match(runs, tmp_path, capsys):
