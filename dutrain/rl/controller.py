@@ -212,14 +212,12 @@ class Controller:
     def sample_seed(self, step: int) -> int:
         return (self.cfg.seed * 1_000_003 + step) % 2**31
 
-    def evaluate(self, step: int) -> dict[str, float]:
+    def evaluate(self) -> dict[str, float]:
         """Greedy completions on the fixed held-out prompts, scored with the run's reward."""
         if self.inputs.heldout is None:
             return {}
         batch = self.rollouts.generate(self.inputs.heldout, n=1, seed=0, greedy=True)
-        m = heldout_metrics(batch, self.reward, self.cfg.eval_split)
-        self.log(m, step)
-        return m
+        return heldout_metrics(batch, self.reward, self.cfg.eval_split)
 
     def fit(self) -> list[dict[str, float]]:
         """Run until `cfg.steps`; returns the per-step metrics."""
@@ -236,7 +234,7 @@ class Controller:
                 prompts, cfg.group_size, self.sample_seed(step))))
 
         if cfg.eval_every and self.step == 0:
-            self.evaluate(0)
+            self.log(self.evaluate(), 0)
         pending_sync = None
         for s in range(self.step, min(cfg.steps, self.step + bound)):
             submit(s)
@@ -280,7 +278,7 @@ class Controller:
                 if pending_sync is not None:  # score the policy just trained
                     metrics.update(finish_sync(self.rollouts, pending_sync))
                     pending_sync = None
-                metrics.update(self.evaluate(self.step))
+                metrics.update(self.evaluate())
             self.log(metrics, self.step)
             self.history.append(metrics)
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) \
