@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -53,6 +54,9 @@ CHAT_TEMPLATE = (
 )
 
 
+PATCH_INITS = ("random", "dct")
+
+
 @dataclass(frozen=True)
 class TinySpec:
     """Sizes of the tiny model. Defaults: ~0.8 M parameters, 112×112 image → 16 tokens."""
@@ -75,6 +79,8 @@ class TinySpec:
     corpus_samples: int = 2000
     max_position_embeddings: int = 4096
     seed: int = 0
+    #: "random" (Qwen's init) or "dct": patch embedding starts as a bank of 2-D DCT filters
+    patch_init: str = "random"
 
     def validate(self) -> None:
         head_dim = self.hidden_size // self.num_heads
@@ -85,6 +91,9 @@ class TinySpec:
             raise ValueError("tiny model: num_heads must be a multiple of num_kv_heads")
         if self.vision_embed_dim % self.vision_heads or (self.vision_embed_dim // self.vision_heads) % 4:
             raise ValueError("tiny model: vision_embed_dim / vision_heads must be a multiple of 4")
+        if self.patch_init not in PATCH_INITS:
+            raise ValueError(f"tiny model: patch_init {self.patch_init!r} unknown; allowed: "
+                             f"{', '.join(PATCH_INITS)}")
 
     def key(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -158,6 +167,43 @@ def _model_config(spec: TinySpec, tokenizer: Any) -> Any:
     return cfg
 
 
+def dct_patch_filters(embed_dim: int, patch: int, temporal: int = 2) -> Any:
+    """Conv3d weights [embed_dim, 3, temporal, patch, patch] of orthonormal 2-D DCT-II bases.
+
+    Degradations live in frequency bands (noise and JPEG quantisation in high ones, blur and
+    down-sampling as their loss, light and haze in the DC), so a patch embedding that starts
+    as a DCT filter bank hands every band to the tower from step one; it is an ordinary init,
+    trained like any weight. One eighth of the filters see chroma (R-G, B-(R+G)/2) at the
+    lowest frequencies, the rest see luma at frequencies spread from DC to the highest. The DC
+    filter is scaled down and the others up so, after the tower's LayerNorms, texture
+    responses are not swamped by brightness.
+    """
+    import torch
+
+    n = torch.arange(patch, dtype=torch.float64)
+    k = torch.arange(patch, dtype=torch.float64)[:, None]
+    basis1d = torch.cos(torch.pi * (2 * n + 1) * k / (2 * patch))
+    basis1d[0] *= 1 / math.sqrt(2)
+    basis1d *= math.sqrt(2 / patch)
+    freqs = sorted(((u, v) for u in range(patch) for v in range(patch)), key=lambda f: (sum(f), f))
+    n_chroma = max(1, embed_dim // 8)
+    n_luma = embed_dim - n_chroma
+    pick = np.unique(np.linspace(0, len(freqs) - 1, n_luma).round().astype(int))
+    luma_f = [freqs[i] for i in pick] + [f for i, f in enumerate(freqs) if i not in set(pick)]
+    luma_f = luma_f[:n_luma]
+    w = torch.zeros(embed_dim, 3, temporal, patch, patch, dtype=torch.float64)
+    luma = torch.tensor([1.0, 1.0, 1.0]) / 3
+    chroma = [torch.tensor([1.0, -1.0, 0.0]) / 2, torch.tensor([-0.5, -0.5, 1.0]) / 1.5]
+    for e, (u, v) in enumerate(luma_f):
+        b = basis1d[u][:, None] * basis1d[v][None, :] * (0.25 if u == v == 0 else 2.0)
+        w[e] = luma[:, None, None, None] * b / temporal
+    for j in range(n_chroma):
+        u, v = freqs[j // 2]
+        b = basis1d[u][:, None] * basis1d[v][None, :]
+        w[n_luma + j] = chroma[j % 2][:, None, None, None] * b / temporal
+    return w.float()
+
+
 def _processor(spec: TinySpec, tokenizer: Any) -> Any:
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
@@ -181,6 +227,10 @@ def build_tiny(spec: TinySpec, out_dir: str | os.PathLike) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)
         model = Qwen2VLForConditionalGeneration(cfg).to(torch.float32)
+    if spec.patch_init == "dct":
+        with torch.no_grad():
+            model.model.visual.patch_embed.proj.weight.copy_(
+                dct_patch_filters(spec.vision_embed_dim, spec.patch_size))
     model.generation_config = GenerationConfig(
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
     model.save_pretrained(out, safe_serialization=True)
