@@ -40,10 +40,10 @@ class RestoreConfig:
     split: str | None = option(None, "with a dataset root: the split to restore (then PSNR/SSIM "
                                      "against clean for identity, oracle and predicted)",
                                choices=SPLITS)
-    annotation: str | None = option(None, "the annotation(s) to restore with: a JSON file or "
-                                          "inline JSON (one annotation for every image), or a "
-                                          "JSONL file of {\"image\"|\"sample_id\": ..., "
-                                          "\"annotation\"|\"completion\": ...} lines")
+    annotation: str | None = option(None, "the annotation(s) to restore with: a .json file (one "
+                                          "annotation for every image) or a .jsonl file of "
+                                          "{\"image\"|\"sample_id\": ..., \"annotation\"|"
+                                          "\"completion\": ...} lines")
     model: str | None = option(None, "predict the annotation with this VLM (checkpoint dir, "
                                      "s3:// URI, hub id or 'tiny'), or 'baseline:classical' / "
                                      "'baseline:prior'")
@@ -72,7 +72,7 @@ class RestoreConfig:
             raise ConfigError("set one of 'annotation' (given annotations) and 'model' (predict "
                               "them), not both")
         if self.split is None and self.annotation is None and self.model is None:
-            raise ConfigError("set 'annotation' (a JSON/JSONL file or inline JSON) or 'model' (a "
+            raise ConfigError("set 'annotation' (a .json/.jsonl file) or 'model' (a "
                               "VLM or baseline that predicts it); on a dataset split with neither, "
                               "only identity and oracle are reported")
         if self.model and self.model.startswith("baseline:") and self.model not in BASELINES:

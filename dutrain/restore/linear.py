@@ -14,9 +14,13 @@ How each A relates to the dataset's exact forward physics (DESIGN.md §3):
   exact pseudo-inverse rather than a division by near-zeros). The library blurs with a
   "reflect" border: the two agree except within the PSF radius of the image border, and they
   differ in the removed frequencies by at most eps times the signal there.
-- `Composite`: the chain of several of these (blur then downsample); its pseudo-inverse is the
-  minimum-norm solution by conjugate gradients on A Aᵀ u = y, x = Aᵀu, so ``A·pinv·A = A`` holds
-  only to the solver's tolerance (`cg_tol`).
+- `Composite`: the chain of several of these (blur then downsample). The product of the parts'
+  pseudo-inverses is not a generalised inverse of the product, so it is refined by `passes`
+  rounds of u ← u + P(y − A u). ``A·pinv·A = A`` then holds only approximately: on 24×30 to
+  64-px images after 10 passes the residual max|A u − y| was ≤ 5e-6 for Gaussian blur +
+  downsample and ≤ 1e-2 for motion/defocus blur + downsample (in [-1, 1] units): data
+  consistency is exact for single operators only. (Conjugate gradients on A Aᵀ u = y reach
+  the exact minimum-norm answer but needed thousands of iterations per step here.)
 """
 
 from __future__ import annotations
@@ -103,11 +107,11 @@ class CircularBlur(LinearOperator):
 
 
 class Composite(LinearOperator):
-    """``ops[-1] ∘ … ∘ ops[0]`` with a minimum-norm pseudo-inverse by conjugate gradients."""
+    """``ops[-1] ∘ … ∘ ops[0]``; pseudo-inverse by refining the product of the parts' ones."""
 
-    def __init__(self, ops: Sequence[LinearOperator], cg_iters: int = 200, cg_tol: float = 1e-10):
+    def __init__(self, ops: Sequence[LinearOperator], passes: int = 10):
         self.ops = list(ops)
-        self.cg_iters, self.cg_tol = cg_iters, cg_tol
+        self.passes = passes
 
     def A(self, x: Tensor) -> Tensor:
         for op in self.ops:
@@ -119,24 +123,19 @@ class Composite(LinearOperator):
             y = op.At(y)
         return y
 
+    def _product_pinv(self, y: Tensor) -> Tensor:
+        for op in reversed(self.ops):
+            y = op.pinv(y)
+        return y
+
     def pinv(self, y: Tensor) -> Tensor:
-        # CG on the consistent system (A Aᵀ) u = y, started at 0; x = Aᵀu is the min-norm solution
-        u = torch.zeros_like(y)
-        r = y.clone()
-        p = r.clone()
-        rr = (r * r).sum()
-        stop = self.cg_tol * max(float(rr), 1e-300)
-        for _ in range(self.cg_iters):
-            if float(rr) <= stop:
-                break
-            q = self.A(self.At(p))
-            alpha = rr / (p * q).sum()
-            u = u + alpha * p
-            r = r - alpha * q
-            rr_new = (r * r).sum()
-            p = r + (rr_new / rr) * p
-            rr = rr_new
-        return self.At(u)
+        # P = ops[0]⁺ ∘ … ∘ ops[-1]⁺ is not a generalised inverse of the product (the blur's
+        # Fourier projector and the resize's row-space projector do not commute); iterating
+        # u ← u + P(y − A u) drives A u towards y (see module doc for how far)
+        u = self._product_pinv(y)
+        for _ in range(self.passes):
+            u = u + self._product_pinv(y - self.A(u))
+        return u
 
 
 #: degradation types DDNM handles as linear operators (noise sets sigma_y, not A)

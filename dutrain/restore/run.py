@@ -82,9 +82,8 @@ def _annotation_of(obj: dict[str, Any], where: str) -> tuple[dict[str, Any] | No
     """(annotation, completion) from one line: 'annotation' (object or JSON text) or 'completion'."""
     if "annotation" in obj:
         ann = obj["annotation"]
-        ann = json.loads(ann) if isinstance(ann, str) else ann
         try:
-            return canonicalize(ann), None
+            return canonicalize(json.loads(ann) if isinstance(ann, str) else ann), None
         except ValueError as exc:
             raise ValueError(f"{where}: bad annotation: {exc}") from None
     if isinstance(obj.get("completion"), str):
@@ -93,39 +92,39 @@ def _annotation_of(obj: dict[str, Any], where: str) -> tuple[dict[str, Any] | No
 
 
 def given_annotations(cfg: RestoreConfig, items: list[Item]) -> None:
-    """Fill `predicted` from `cfg.annotation`: inline JSON, a JSON file or a JSONL file."""
-    ref = str(cfg.annotation).strip()
-    if ref.startswith("{"):
-        single: Any = json.loads(ref)
-    else:
-        path = Path(ref)
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file '{ref}' does not exist")
-        if path.suffix.lower() != ".jsonl":
-            single = json.loads(path.read_text())
-        else:
-            single = None
-            by_name: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
-            for no, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                obj = json.loads(line)
-                key = obj.get("sample_id", obj.get("image")) if isinstance(obj, dict) else None
-                if not isinstance(key, str):
-                    raise ValueError(f"{ref}:{no}: needs a string 'image' or 'sample_id'")
-                by_name.setdefault(key, _annotation_of(obj, f"{ref}:{no}"))
-                by_name.setdefault(Path(key).stem, by_name[key])
-            missing = [it.name for it in items if it.name not in by_name
-                       and Path(it.name).stem not in by_name]
-            if missing:
-                raise ValueError(f"{ref} has no annotation for {len(missing)} image(s), e.g. "
-                                 f"{missing[:3]}")
-            for it in items:
-                it.predicted, it.completion = by_name.get(it.name) or by_name[Path(it.name).stem]
-    if single is not None:
-        ann = canonicalize(single)
+    """Fill `predicted` from `cfg.annotation`: a .json file (one annotation for every image) or
+    a .jsonl file (one line per image, matched by file name, stem or sample_id)."""
+    path = Path(str(cfg.annotation))
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file '{path}' does not exist")
+    if path.suffix.lower() != ".jsonl":
+        try:
+            ann = canonicalize(json.loads(path.read_text()))
+        except ValueError as exc:
+            raise ValueError(f"{path}: bad annotation: {exc}") from None
         for it in items:
             it.predicted = ann
+        return
+    by_name: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"{path}:{no}: not JSON ({exc})") from None
+        key = obj.get("sample_id", obj.get("image")) if isinstance(obj, dict) else None
+        if not isinstance(key, str):
+            raise ValueError(f"{path}:{no}: needs a string 'image' or 'sample_id'")
+        by_name.setdefault(key, _annotation_of(obj, f"{path}:{no}"))
+        by_name.setdefault(Path(key).stem, by_name[key])
+    missing = [it.name for it in items if it.name not in by_name
+               and Path(it.name).stem not in by_name]
+    if missing:
+        raise ValueError(f"{path} has no annotation for {len(missing)} image(s), e.g. "
+                         f"{missing[:3]}")
+    for it in items:
+        it.predicted, it.completion = by_name.get(it.name) or by_name[Path(it.name).stem]
 
 
 def _calibration_rows(cfg: RestoreConfig, images: bool) -> list[dict[str, Any]]:
