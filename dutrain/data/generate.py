@@ -366,6 +366,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
                   "rows_per_s_per_cpu": round(rows_written / gen_s / cpus, 2) if rows_written else None,
                   "task_s_per_row": round(sum(r["seconds"] for r in results) / rows_written, 5)
                   if rows_written else None,
+                  "task_cpu_s_per_row": round(sum(r["cpu_seconds"] for r in results)
+                                              / rows_written, 5) if rows_written else None,
                   "nodes_used": len({r["node"] for r in results})}
         with tempfile.TemporaryDirectory() as tmp:
             timing["wall_s"] = round(time.perf_counter() - t_start, 3)

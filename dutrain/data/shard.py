@@ -152,7 +152,7 @@ def run_shard(item: dict[str, Any]) -> dict[str, Any]:
     """Ray Data map function: item = {"spec": JSON of one shard} → a summary row."""
     import ray
     spec = json.loads(item["spec"])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     storage = SimpleNamespace(**spec["storage"])
     crops = [Crop(*c) for c in spec["crops"]]
     rows = shard_rows(crops, spec["uris"], spec["params"], storage)
@@ -161,4 +161,5 @@ def run_shard(item: dict[str, Any]) -> dict[str, Any]:
     if n != spec["rows"]:
         raise RuntimeError(f"shard {spec['name']} wrote {n} rows, planned {spec['rows']}")
     return {"name": spec["name"], "rows": n, "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
             "node": ray.get_runtime_context().get_node_id()}
