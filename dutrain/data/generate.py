@@ -131,9 +131,10 @@ def prepare_output(root: Root, cfg: GenerateConfig, params: dict[str, Any],
             root.remove(n)
         return None
     if CARD_FILE in names:
+        same = root.read_json(CARD_FILE).get("fingerprint") == fp
         raise GenerateError(f"output {cfg.output!r} already holds a finished dataset "
-                            f"({CARD_FILE} is there); pass overwrite=true to replace it or "
-                            f"choose another output")
+                            f"({'made by this same config' if same else 'another config'}); "
+                            f"pass overwrite=true to replace it or choose another output")
     if PLAN_FILE not in names:
         if names:
             raise GenerateError(f"output {cfg.output!r} holds part files but no {PLAN_FILE}; "
@@ -147,6 +148,15 @@ def prepare_output(root: Root, cfg: GenerateConfig, params: dict[str, Any],
                             f"(differs in: {', '.join(diff)}); use the same config to resume it, "
                             f"or overwrite=true to start again")
     return plan
+
+
+def is_finished(cfg: GenerateConfig) -> bool:
+    """True when `cfg.output` holds the finished dataset of this very config (a pipeline may skip
+    the stage then; `generate` itself refuses to touch it without overwrite=true)."""
+    root = Root(cfg.output, cfg.storage)
+    if CARD_FILE not in root.names():
+        return False
+    return root.read_json(CARD_FILE).get("fingerprint") == fingerprint(gen_params(cfg))
 
 
 # ------------------------------------------------------------------------------------- probe

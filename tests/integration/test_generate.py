@@ -20,7 +20,7 @@ from PIL import Image
 from dutrain.config import load_config
 from dutrain.config.generate import GenerateConfig
 from dutrain.data.dataset import COLUMNS, SPLITS, decode_png, read_table
-from dutrain.data.generate import GenerateError, generate, run
+from dutrain.data.generate import GenerateError, generate, is_finished, run
 from dutrain.data.shard import SCHEMA
 from dutrain.degrade import apply_chain
 from dutrain.schema import TAXONOMY, canonical_json, check_annotation
@@ -112,9 +112,11 @@ def test_same_rows_whatever_the_workers_and_finished_output_kept(dataset, tmp_pa
     assert a.equals(b)  # same ids, annotations, seeds and PNG bytes
     assert len(os.listdir(out)) == 3 + 3  # 3 part files (different sharding), plan, card, preview
 
-    with pytest.raises(GenerateError, match="already holds a finished dataset"):
-        generate(config(out, "workers=1"))
-    assert run(config(out)) == 2
+    same = config(out, "workers=1", "rows_per_shard=100")
+    assert is_finished(same) and not is_finished(config(out, "seed=1"))
+    with pytest.raises(GenerateError, match="finished dataset \\(made by this same config"):
+        generate(same)
+    assert run(config(out, "seed=1")) == 2
     r = generate(config(out, "samples=20", "overwrite=true"))
     assert r.rows == 20 and read_table(str(out)).num_rows == 20
 
