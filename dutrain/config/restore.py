@@ -65,16 +65,9 @@ class RestoreConfig:
     ray: RayConfig = option(default_factory=RayConfig, doc="Ray cluster (VLM workers)")
 
     def validate(self) -> None:
-        if not self.input:
-            raise ConfigError("missing value for 'input' (allowed: an image file, a folder of "
-                              "images, or a dataset root with split=...)")
         if self.annotation is not None and self.model is not None:
             raise ConfigError("set one of 'annotation' (given annotations) and 'model' (predict "
                               "them), not both")
-        if self.split is None and self.annotation is None and self.model is None:
-            raise ConfigError("set 'annotation' (a .json/.jsonl file) or 'model' (a "
-                              "VLM or baseline that predicts it); on a dataset split with neither, "
-                              "only identity and oracle are reported")
         if self.model and self.model.startswith("baseline:") and self.model not in BASELINES:
             raise ConfigError(f"bad value for 'model': {self.model!r} (allowed baselines: "
                               f"{', '.join(BASELINES)})")
@@ -82,3 +75,13 @@ class RestoreConfig:
                 and self.calibration is None:
             raise ConfigError(f"'model={self.model}' is calibrated on a dataset's train split: set "
                               "'calibration' to a dataset root (or restore a dataset split)")
+
+    def check_inputs(self) -> None:
+        """What a run needs beyond a valid config (a pipeline fills these in after loading)."""
+        if not self.input:
+            raise ConfigError("missing value for 'input' (allowed: an image file, a folder of "
+                              "images, or a dataset root with split=...)")
+        if self.split is None and self.annotation is None and self.model is None:
+            raise ConfigError("set 'annotation' (a .json/.jsonl file) or 'model' (a VLM or "
+                              "baseline that predicts it); on a dataset split with neither, only "
+                              "identity and oracle are reported")

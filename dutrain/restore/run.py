@@ -348,6 +348,7 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
 def run(cfg: RestoreConfig) -> int:
     """The `dutrain restore` runner (exit code 2 when the inputs are unusable)."""
     try:
+        cfg.check_inputs()
         return _run(cfg)
     except (ValueError, FileNotFoundError) as exc:
         print(f"dutrain restore: error: {exc}", file=sys.stderr)

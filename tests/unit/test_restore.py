@@ -126,7 +126,9 @@ def test_config_rules():
     with pytest.raises(ConfigError, match="not both"):
         load_config(RestoreConfig, overrides=["input=x", "annotation=a.json", "model=tiny"])
     with pytest.raises(ConfigError, match="missing value for 'input'"):
-        load_config(RestoreConfig, overrides=["model=tiny"])
+        load_config(RestoreConfig, overrides=["model=tiny"]).check_inputs()
+    with pytest.raises(ConfigError, match="set 'annotation'"):
+        load_config(RestoreConfig, overrides=["input=imgs"]).check_inputs()
     with pytest.raises(ConfigError, match="'calibration'"):
         load_config(RestoreConfig, overrides=["input=imgs", "model=baseline:classical"])
     cfg = load_config(RestoreConfig, overrides=["input=root", "split=test"])
