@@ -79,7 +79,7 @@ class TinySpec:
     corpus_samples: int = 2000
     max_position_embeddings: int = 4096
     seed: int = 0
-    #: "random" (Qwen's init) or "dct": patch embedding starts as a bank of 2-D DCT filters
+    #: "random" (Qwen's init) or "dct": the vision tower starts as DCT band-energy features
     patch_init: str = "random"
 
     def validate(self) -> None:
@@ -167,16 +167,13 @@ def _model_config(spec: TinySpec, tokenizer: Any) -> Any:
     return cfg
 
 
-def dct_patch_filters(embed_dim: int, patch: int, temporal: int = 2) -> Any:
-    """Conv3d weights [embed_dim, 3, temporal, patch, patch] of orthonormal 2-D DCT-II bases.
+def dct_patch_filters(n_filters: int, embed_dim: int, patch: int, temporal: int = 2) -> Any:
+    """Conv3d weights [embed_dim, 3, temporal, patch, patch]: `n_filters` orthonormal 2-D
+    DCT-II bases in the first rows, zeros after (those dims are left for band energies).
 
-    Degradations live in frequency bands (noise and JPEG quantisation in high ones, blur and
-    down-sampling as their loss, light and haze in the DC), so a patch embedding that starts
-    as a DCT filter bank hands every band to the tower from step one; it is an ordinary init,
-    trained like any weight. One eighth of the filters see chroma (R-G, B-(R+G)/2) at the
-    lowest frequencies, the rest see luma at frequencies spread from DC to the highest. The DC
-    filter is scaled down and the others up so, after the tower's LayerNorms, texture
-    responses are not swamped by brightness.
+    One eighth of the filters see chroma (R-G, B-(R+G)/2) at the lowest frequencies, the rest
+    luma at frequencies spread from DC to the highest. The DC filter is scaled down and the
+    others up so texture responses are not swamped by brightness after a LayerNorm.
     """
     import torch
 
@@ -186,11 +183,10 @@ def dct_patch_filters(embed_dim: int, patch: int, temporal: int = 2) -> Any:
     basis1d[0] *= 1 / math.sqrt(2)
     basis1d *= math.sqrt(2 / patch)
     freqs = sorted(((u, v) for u in range(patch) for v in range(patch)), key=lambda f: (sum(f), f))
-    n_chroma = max(1, embed_dim // 8)
-    n_luma = embed_dim - n_chroma
-    pick = np.unique(np.linspace(0, len(freqs) - 1, n_luma).round().astype(int))
-    luma_f = [freqs[i] for i in pick] + [f for i, f in enumerate(freqs) if i not in set(pick)]
-    luma_f = luma_f[:n_luma]
+    n_chroma = max(1, n_filters // 8)
+    n_luma = n_filters - n_chroma
+    pick = sorted(set(np.linspace(0, len(freqs) - 1, n_luma).round().astype(int).tolist()))
+    luma_f = ([freqs[i] for i in pick] + [f for i, f in enumerate(freqs) if i not in pick])[:n_luma]
     w = torch.zeros(embed_dim, 3, temporal, patch, patch, dtype=torch.float64)
     luma = torch.tensor([1.0, 1.0, 1.0]) / 3
     chroma = [torch.tensor([1.0, -1.0, 0.0]) / 2, torch.tensor([-0.5, -0.5, 1.0]) / 1.5]
@@ -202,6 +198,36 @@ def dct_patch_filters(embed_dim: int, patch: int, temporal: int = 2) -> Any:
         b = basis1d[u][:, None] * basis1d[v][None, :]
         w[n_luma + j] = chroma[j % 2][:, None, None, None] * b / temporal
     return w.float()
+
+
+def init_dct_tower(model: Any, spec: TinySpec) -> None:
+    """Start the vision tower as a band-energy feature extractor (an init; all of it trains).
+
+    Degradations live in frequency bands: noise and JPEG quantisation in high ones, blur and
+    down-sampling as their loss, light and haze in the DC. The patch embedding becomes a DCT
+    filter bank in the first half of the width, and the first block's MLP computes each
+    filter's rectified response, act(a·x) + act(-a·x) ≈ a·|x| (its hidden units in +/- pairs),
+    into the second half. A LayerNorm keeps the direction of a patch vector, not its length,
+    so a signed linear coefficient alone carries no band energy; the pairs hand the tower that
+    energy from step one.
+    """
+    import torch
+
+    vis = model.model.visual
+    e = spec.vision_embed_dim
+    half = e // 2
+    a, b = 2.0, 0.5
+    with torch.no_grad():
+        vis.patch_embed.proj.weight.copy_(dct_patch_filters(half, e, spec.patch_size))
+        mlp = vis.blocks[0].mlp
+        mlp.fc1.weight[:2 * half].zero_()
+        mlp.fc1.bias[:2 * half].zero_()
+        mlp.fc2.weight[:, :2 * half].zero_()
+        for j in range(half):
+            mlp.fc1.weight[2 * j, j] = a
+            mlp.fc1.weight[2 * j + 1, j] = -a
+            mlp.fc2.weight[half + j, 2 * j] = b
+            mlp.fc2.weight[half + j, 2 * j + 1] = b
 
 
 def _processor(spec: TinySpec, tokenizer: Any) -> Any:
@@ -228,9 +254,7 @@ def build_tiny(spec: TinySpec, out_dir: str | os.PathLike) -> Path:
         torch.manual_seed(spec.seed)
         model = Qwen2VLForConditionalGeneration(cfg).to(torch.float32)
     if spec.patch_init == "dct":
-        with torch.no_grad():
-            model.model.visual.patch_embed.proj.weight.copy_(
-                dct_patch_filters(spec.vision_embed_dim, spec.patch_size))
+        init_dct_tower(model, spec)
     model.generation_config = GenerationConfig(
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
     model.save_pretrained(out, safe_serialization=True)

@@ -1,0 +1,47 @@
+"""The DCT band-energy init of the tiny vision tower."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2VLForConditionalGeneration
+
+from dutrain.models import load_processor, tiny_model
+from dutrain.models.tiny import TinySpec, _model_config, dct_patch_filters, init_dct_tower
+
+
+def test_dct_filters_are_orthogonal_and_leave_the_energy_half_free():
+    w = dct_patch_filters(32, 64, 8)
+    assert w.shape == (64, 3, 2, 8, 8)
+    assert torch.count_nonzero(w[32:]) == 0
+    flat = w[:32].reshape(32, -1).double()
+    gram = flat @ flat.T
+    off = gram - torch.diag(torch.diag(gram))
+    assert off.abs().max() < 1e-6  # distinct bases (and luma vs chroma) are orthogonal
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_processor(tiny_model()).tokenizer
+
+
+def test_band_energies_rise_with_noise(tokenizer):
+    spec = TinySpec(patch_size=8, vision_embed_dim=64, patch_init="dct")
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(_model_config(spec, tokenizer))
+    init_dct_tower(model, spec)
+    vis = model.model.visual
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:8, 0:8] / 8.0
+    smooth = np.stack([0.3 + 0.2 * x + 0.1 * y] * 3)  # C×H×W in [0, 1]
+    energies = []
+    for sigma in (0.0, 0.05, 0.2):
+        img = smooth + sigma * rng.standard_normal(smooth.shape)
+        patch = torch.tensor(np.stack([img, img], 1)[None], dtype=torch.float32)  # 1×C×T×H×W
+        with torch.no_grad():
+            h = vis.patch_embed(patch.reshape(1, -1))
+            e = vis.blocks[0].mlp(vis.blocks[0].norm2(h))[0, 32:]
+        assert torch.count_nonzero(h[0, 32:]) == 0  # the energy half starts empty
+        energies.append(float(e.sum()))
+    assert energies[0] < energies[1] < energies[2], energies
