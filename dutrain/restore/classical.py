@@ -3,16 +3,27 @@
 The annotation says which inverse problem to solve; each step below is a well-known, non-learned
 operator whose parameters come from the annotation (DESIGN.md §3 gives the forward physics):
 
-| type | inverse operator |
-|---|---|
-| jpeg | re-application of JPEG at the annotated quality on the 64 shifts of the 8×8 grid, averaged (Nosratinia 2001), blended with the input by a weight that falls from 0.6 (quality ≤ 50) to 0 (quality 95) |
-| gaussian_noise | non-local means (skimage, fast mode, 5×5 patches, 13×13 search) with sigma = the annotated sigma, h = 0.7·sigma |
-| poisson_noise | Anscombe transform of the photon counts (peak·I), non-local means at unit noise, Mäkitalo–Foi closed-form unbiased inverse |
-| downsample | the down-then-up resize as the matrix M = U·D per axis (`physics.downsample_matrix`); recover the small image z = U⁺y, then the smallest correction of y whose down-sampling is z: x = y + Dᵀ(DDᵀ + λI)⁻¹(z − Dy), λ = 0.05 |
-| low_light | exact inversion J = clip(I / exposure, 0, 1)^(1/gamma) |
-| gaussian/motion/defocus blur | Wiener-type deconvolution in the Fourier domain with the PSF rebuilt from the annotation (`physics.psf`), image mirrored at the borders (the library's "reflect" mode), regulariser λ_flat + λ_lap·abs(Laplacian)² raised by the estimated residual noise |
-| rain | streak detection along the annotated angle: background = median of 5 samples across the streak direction; streak strength S from I = B + (1 − B)·0.8·S; a matched filter of the annotated length along the streak keeps the expected number of streak pixels (from density and length); those pixels are inverted, J = (I − 0.8·S)/(1 − 0.8·S) |
-| haze | inversion of the scattering model with the dataset's depth, t = exp(−beta·(1 − y/(H−1))), J = (I − A(1 − t)) / max(t, 0.02) |
+- jpeg: re-application of JPEG at the annotated quality on the 64 shifts of the 8×8 grid,
+  averaged (Nosratinia 2001), blended with the input by a weight that falls from 0.6
+  (quality ≤ 50) to 0 (quality 95).
+- gaussian_noise: non-local means (skimage, fast mode, 5×5 patches, 13×13 search) with
+  sigma = the annotated sigma, h = 0.7·sigma.
+- poisson_noise: Anscombe transform of the photon counts (peak·I), non-local means at unit
+  noise, Mäkitalo–Foi closed-form unbiased inverse.
+- downsample: the down-then-up resize as the matrix M = U·D per axis
+  (`physics.downsample_matrix`); recover the small image z = U⁺y, then the smallest
+  correction of y whose down-sampling is z: x = y + Dᵀ(DDᵀ + λI)⁻¹(z − Dy), λ = 0.05.
+- low_light: exact inversion J = clip(I / exposure, 0, 1)^(1/gamma).
+- gaussian/motion/defocus blur: Wiener-type deconvolution in the Fourier domain with the PSF
+  rebuilt from the annotation (`physics.psf`), the image mirrored at the borders (the
+  library's "reflect" mode), regulariser λ_flat + λ_lap·abs(Laplacian)², λ_flat raised by the
+  estimated residual noise.
+- rain: streak detection along the annotated angle: background B = median of 5 samples across
+  the streak direction; streak strength S from I = B + (1 − B)·0.8·S; a matched filter of the
+  annotated length along the streak keeps the expected streak area (from density and length);
+  those pixels are inverted, J = (I − 0.8·S)/(1 − 0.8·S).
+- haze: inversion of the scattering model with the dataset's depth,
+  t = exp(−beta·(1 − y/(H−1))), J = (I − A(1 − t)) / max(t, 0.02).
 
 Each step also carries an estimate of the error std left in the image (quantization at first,
 then JPEG or denoising residue, amplified by the exposure and haze inversions), which sets the

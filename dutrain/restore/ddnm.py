@@ -172,8 +172,9 @@ def _noise_sigma(t: str, p: Mapping[str, Any], x: np.ndarray) -> float:
     return float(np.sqrt(max(float(x.mean()), 1e-3) / float(p["peak"])))
 
 
-def restore_ddnm(image_uint8_hwc: np.ndarray, annotation: Mapping[str, Any], model: DiffusionModel,
-                 steps: int = 50, eta: float = 0.85, seed: int = 0, eps: float = 0.05) -> np.ndarray:
+def restore_ddnm(image_uint8_hwc: np.ndarray, annotation: Mapping[str, Any],
+                 model: DiffusionModel, steps: int = 50, eta: float = 0.85, seed: int = 0,
+                 eps: float = 0.05) -> np.ndarray:
     """Restore with DDNM for each run of linear stages and the classical inverse for the rest."""
     x = to_float(to_rgb_uint8(image_uint8_hwc))
     h, w = x.shape[:2]

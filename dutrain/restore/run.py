@@ -79,7 +79,7 @@ def load_items(cfg: RestoreConfig) -> list[Item]:
 
 
 def _annotation_of(obj: dict[str, Any], where: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(annotation, completion) from one line: 'annotation' (object or JSON text) or 'completion'."""
+    """(annotation, completion) of one line: 'annotation' (object or JSON text) or 'completion'."""
     if "annotation" in obj:
         ann = obj["annotation"]
         try:
@@ -311,7 +311,8 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
             it.restored["oracle"] = fn(it.degraded, it.true)
             n_restores += 1
         if has_pred:
-            it.restored["predicted"] = fn(it.degraded, it.predicted) if it.predicted else it.degraded
+            it.restored["predicted"] = (fn(it.degraded, it.predicted) if it.predicted
+                                        else it.degraded)
             n_restores += 1
     seconds = time.perf_counter() - t0
     main = "predicted" if has_pred else "oracle"
@@ -324,7 +325,8 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
             if it.true is not None:
                 row["true"] = json.loads(canonical_json(it.true))
             if has_pred:
-                row["predicted"] = json.loads(canonical_json(it.predicted)) if it.predicted else None
+                row["predicted"] = (json.loads(canonical_json(it.predicted)) if it.predicted
+                                    else None)
             if it.completion is not None:
                 row["completion"] = it.completion
             f.write(json.dumps(row) + "\n")
@@ -361,13 +363,13 @@ def _run(cfg: RestoreConfig) -> int:
         res = restore_all(cfg)
         out: Path = res["output"]
         run.log_metrics(res["metrics"])
-        for name in ("grid.png", "metrics.json", "report.md", "annotations.jsonl"):
+        for name in ("grid.png", "metrics.json", "annotations.jsonl") + \
+                (("report.md",) if res["report"] else ()):
             run.log_artifact(out / name)
         run.set_tags({"dutrain.model": system, "dutrain.restore.backend": cfg.restore.backend})
-    if res["report"]:
-        print(res["report"])
-    for n in res["notes"]:
-        print(f"note: {n}")
+    text = res["report"] or "\n".join(f"note: {n}" for n in res["notes"])
+    if text:
+        print(text)
     print(f"restored {res['count']} image(s) → {out / 'restored'}  grid: {out / 'grid.png'}"
           + (f"  mlflow run: {run.run_id}" if run.active else ""))
     return 0

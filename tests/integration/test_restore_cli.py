@@ -32,7 +32,8 @@ def _folder(tmp_path, n=3, size=64):
 def test_folder_with_an_annotation_file_per_image(tmp_path):
     imgs = _folder(tmp_path)
     lines = [{"image": "im0.png", "annotation": BLUR},
-             {"image": "im1", "completion": f"<think>blocks</think>\n<answer>{json.dumps(JPEG)}</answer>"},
+             {"image": "im1",
+              "completion": f"<think>blocks</think>\n<answer>{json.dumps(JPEG)}</answer>"},
              {"image": "im2.png", "annotation": json.dumps(BLUR)}]
     ann = tmp_path / "ann.jsonl"
     ann.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
