@@ -100,6 +100,10 @@ class RLConfig:
     eval_split: str = option("val", "split of the held-out prompts",
                              choices=("train", "val", "test", "ood"))
     eval_prompts: int = option(16, "held-out prompts (first by sample_id)", min=1)
+    eval_sampling: str = option("greedy", "held-out completions: greedy (one per prompt) or "
+                                          "policy (group_size samples per prompt at the "
+                                          "rollout temperature, fixed seeds)",
+                                choices=("greedy", "policy"))
     samples_to_log: int = option(8, "completions per step written to samples/", min=0)
     reward: RewardConfig = option(default_factory=RewardConfig, doc="reward")
     rollout: RolloutConfig = option(default_factory=RolloutConfig, doc="rollout actors")

@@ -213,10 +213,13 @@ class Controller:
         return (self.cfg.seed * 1_000_003 + step) % 2**31
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy completions on the fixed held-out prompts, scored with the run's reward."""
+        """Completions on the fixed held-out prompts (greedy, or samples of the policy with fixed
+        seeds), scored with the run's reward."""
         if self.inputs.heldout is None:
             return {}
-        batch = self.rollouts.generate(self.inputs.heldout, n=1, seed=0, greedy=True)
+        greedy = self.cfg.eval_sampling == "greedy"
+        batch = self.rollouts.generate(self.inputs.heldout, n=1 if greedy else self.cfg.group_size,
+                                       seed=0, greedy=greedy)
         return heldout_metrics(batch, self.reward, self.cfg.eval_split)
 
     def fit(self) -> list[dict[str, float]]:
@@ -254,7 +257,9 @@ class Controller:
                                    f"learner (bound {bound})")
             batch, metrics = score_batch(batch, self.reward, cfg)
             batch.meta["step"] = step
+            t_learn = time.perf_counter()
             stats = self.learners.train(batch)
+            metrics["rl/learner_wait_seconds"] = time.perf_counter() - t_learn
             self.version += 1
             if pending_sync is not None:  # async: last step's push, long finished or queued
                 metrics.update(finish_sync(self.rollouts, pending_sync))

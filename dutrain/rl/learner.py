@@ -110,7 +110,7 @@ class LearnerWorker:
         self.rank, self.world, self.cfg = rank, world, cfg
         self.model_dir = str(model_dir)
         lc = cfg.learner
-        torch.set_num_threads(max(1, int(round(lc.cpus_per_worker)) or 1))
+        torch.set_num_threads(max(1, round(lc.cpus_per_worker)))
         self.device = "cuda" if lc.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu"
         os.environ["DUTRAIN_RANK"] = str(rank)  # tracking helpers: side effects on rank 0 only
         self.model: Any = None

