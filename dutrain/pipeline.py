@@ -198,7 +198,7 @@ def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
     restore = Path(cfg.workdir) / "restore" / "metrics.json"
     if restore.is_file():
         m = json.loads(restore.read_text())
-        psnr = {k: v for k, v in m.items() if "/psnr/" in k}
+        psnr = {k: v for k, v in m.items() if k.count("/") == 2 and "/psnr/" in k}  # not per type
         if psnr:
             lines += ["", "restoration PSNR (dB): " + ", ".join(f"{k} {v:.2f}" for k, v in psnr.items())]
     uri = tracking_uri(cfg.tracking.uri)
