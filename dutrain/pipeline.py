@@ -21,7 +21,7 @@ from typing import Any, Callable
 from dutrain.config import VERBS, replace, to_dict
 from dutrain.config.pipeline import STAGES, PipelineConfig
 from dutrain.config.secrets import redacted
-from dutrain.tracking import PARENT_ENV, stage_run, tracking_uri
+from dutrain.tracking import PARENT_ENV, PIPELINE_ENV, stage_run, tracking_uri
 
 
 class PipelineError(RuntimeError):
@@ -82,9 +82,11 @@ def plan(cfg: PipelineConfig) -> list[StageJob]:
             systems = [model] + list(cfg.baselines)
             for system in systems:
                 label = system.split(":", 1)[1] if system.startswith("baseline:") else "model"
+                # baselines keep their own name (MLflow param `model` = "baseline:…")
+                name = f"dutrain-{cfg.eval_model}" if label == "model" else None
                 jobs.append(StageJob(stage, f"eval-{label}", "eval", _stage_cfg(
                     cfg, stage, dataset=data, model=system, output=str(w / "eval" / label),
-                    name=label if label != "model" else f"dutrain-{cfg.eval_model}")))
+                    name=name)))
         elif stage == "restore":
             jobs.append(StageJob(stage, "restore", "restore", _stage_cfg(
                 cfg, stage, input=data, split="test", model=model, output=str(w / "restore"))))
@@ -126,11 +128,16 @@ def _mark(cfg: PipelineConfig, job: StageJob, seconds: float, run_id: str | None
 
 # ------------------------------------------------------------------------------------ running
 
-def _compare_children(job: StageJob, parent_id: str | None) -> StageJob:
-    """compare selects this pipeline's eval runs by their parent."""
-    if not parent_id or job.config.runs or job.config.filter:
+def pipeline_id(cfg: PipelineConfig) -> str:
+    """Stable across reruns of one workdir (tag `dutrain.pipeline` on every stage run)."""
+    return hashlib.sha256(str(Path(cfg.workdir).resolve()).encode()).hexdigest()[:12]
+
+
+def _compare_evals(job: StageJob, pid: str) -> StageJob:
+    """compare selects this pipeline's eval runs (unless its section selects runs itself)."""
+    if job.config.runs or job.config.filter:
         return job
-    tags = ["dutrain.stage=eval", f"mlflow.parentRunId={parent_id}"]
+    tags = list(job.config.tags or ["dutrain.stage=eval"]) + [f"dutrain.pipeline={pid}"]
     return StageJob(job.stage, job.label, job.verb, replace(job.config, tags=tags))
 
 
@@ -147,10 +154,11 @@ def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None =
     with stage_run(cfg, "pipeline", run_name=name) as parent, ray_session(cfg.ray):
         if parent.active:
             os.environ[PARENT_ENV] = parent.run_id
+        os.environ[PIPELINE_ENV] = pipeline_id(cfg)
         try:
             for job in jobs:
                 if job.stage == "compare":
-                    job = _compare_children(job, parent.run_id)
+                    job = _compare_evals(job, pipeline_id(cfg))
                 must = STAGES.index(job.stage) >= redo_from
                 if not must and is_complete(cfg, job):
                     results[job.label] = {"status": "skipped (complete)", "seconds": 0.0}
@@ -173,6 +181,7 @@ def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None =
                 parent.log_metrics({f"pipeline/{job.label}_seconds": dt})
         finally:
             os.environ.pop(PARENT_ENV, None)
+            os.environ.pop(PIPELINE_ENV, None)
             parent.log_dict(results, "pipeline_results.json")
     return results
 

@@ -24,6 +24,9 @@ import yaml
 from dutrain.config.secrets import flatten, redacted, scrub
 
 PARENT_ENV = "DUTRAIN_PARENT_RUN_ID"
+#: set by `dutrain pipeline`: a stable id of its workdir, tagged on every stage run so a rerun
+#: (a new parent run) still finds the runs of stages it skipped
+PIPELINE_ENV = "DUTRAIN_PIPELINE_ID"
 STAGES = ("generate", "sft", "rl", "eval", "restore", "compare", "pipeline")
 _MAX_PARAM = 6000  # MLflow's param value limit
 
@@ -146,6 +149,8 @@ def stage_run(cfg: Any, stage: str, *, run_name: str | None = None,
     parent = os.environ.get(PARENT_ENV)
     if parent and stage != "pipeline":
         all_tags[MLFLOW_PARENT_RUN_ID] = parent
+    if os.environ.get(PIPELINE_ENV):
+        all_tags["dutrain.pipeline"] = os.environ[PIPELINE_ENV]
     all_tags.update(tags or {})
     run = client.create_run(exp_id, tags={k: scrub(str(v)) for k, v in all_tags.items()},
                             run_name=name)
