@@ -12,7 +12,8 @@ of up to 48 tokens, toy reward (names `haze`), one optimisation step per batch, 
   and reward: seconds per optimisation step and the ratio dutrain / TRL (goal ≤ 0.5);
 - weight sync (state dict → safetensors bytes → vLLM reload + cache resets) versus parameter
   count, on tiny models of growing width.
-Prints one JSON document.
+Prints one JSON document, with the 1-minute load average after each timed phase (on a shared
+machine, compare only phases that ran under similar load).
 """
 
 from __future__ import annotations
@@ -114,8 +115,9 @@ def trl_run(dataset: str, out: Path, steps: int) -> dict:
     args = GRPOConfig(
         output_dir=str(out), per_device_train_batch_size=P * G, num_generations=G,
         generation_batch_size=P * G, max_completion_length=MAX_TOKENS, learning_rate=1e-3,
-        beta=0.0, loss_type="dapo", temperature=1.0, max_steps=steps + WARMUP, logging_steps=1,
-        save_strategy="no", report_to=[], bf16=False, gradient_checkpointing=False,
+        beta=0.0, loss_type="dapo", temperature=1.0, max_steps=steps + WARMUP,
+        logging_steps=10**6, disable_tqdm=True, save_strategy="no", report_to=[], bf16=False,
+        gradient_checkpointing=False,
         use_vllm=False, use_cpu=True, seed=0, dataloader_num_workers=0,
         remove_unused_columns=False)
     trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=reward, args=args,
@@ -164,13 +166,17 @@ def main() -> None:
     res: dict = {"workload": {"prompts": P, "group": G, "max_tokens": MAX_TOKENS,
                               "steps_timed": a.steps, "cpus": os.cpu_count(),
                               "layout": "1 rollout actor (1 CPU) + 2 learner actors (0.5 CPU)"}}
+    # the machine may be shared: record its load around each timed phase
     res["sync"] = dutrain_run(dataset, tmp / "sync", "sync", a.steps)
+    res["sync"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     res["async"] = dutrain_run(dataset, tmp / "async", "async", a.steps)
+    res["async"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     s, x = res["sync"], res["async"]
     res["async_over_sync"] = round(x["step"] / s["step"], 3)
     res["async_over_max_rollout_learner"] = round(x["step"] / max(x["rollout"], x["learner"]), 3)
     if not a.skip_trl:
         res["trl_grpo"] = trl_run(dataset, tmp / "trl", a.steps)
+        res["trl_grpo"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
         res["dutrain_sync_over_trl"] = round(s["step"] / res["trl_grpo"]["step"], 3)
         res["dutrain_async_over_trl"] = round(x["step"] / res["trl_grpo"]["step"], 3)
     if not a.skip_sizes:
