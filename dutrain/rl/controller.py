@@ -85,25 +85,26 @@ class RunInputs:
 
 def prepare(cfg: RLConfig) -> RunInputs:
     """Resolve the model, read the dataset and find the checkpoint; clear errors, no actors."""
+    from dutrain.config import ConfigError
     from dutrain.data.dataset import read_table
     from dutrain.models import resolve_model
 
     try:
         model_dir = str(resolve_model(cfg.model, storage=cfg.storage))
     except (ValueError, FileNotFoundError) as exc:
-        raise ValueError(f"bad value for 'model': {exc}") from None
+        raise ConfigError(f"bad value for 'model': {exc}") from None
     try:
         train = read_table(cfg.dataset, ["train"], COLUMNS, cfg.train_limit, cfg.storage)
     except FileNotFoundError as exc:
-        raise ValueError(f"bad value for 'dataset': {exc} (run `dutrain generate` first)") from None
+        raise ConfigError(f"bad value for 'dataset': {exc} (run `dutrain generate` first)") from None
     if train.num_rows < cfg.prompts_per_step:
-        raise ValueError(f"dataset '{cfg.dataset}' has {train.num_rows} train rows; "
+        raise ConfigError(f"dataset '{cfg.dataset}' has {train.num_rows} train rows; "
                          f"'prompts_per_step' is {cfg.prompts_per_step}")
     heldout = None
     if cfg.eval_every:
         t = read_table(cfg.dataset, [cfg.eval_split], COLUMNS, cfg.eval_prompts, cfg.storage)
         if t.num_rows == 0:
-            raise ValueError(f"dataset '{cfg.dataset}' has no '{cfg.eval_split}' rows for the "
+            raise ConfigError(f"dataset '{cfg.dataset}' has no '{cfg.eval_split}' rows for the "
                              f"held-out prompts; set 'eval_split' to a split it has or "
                              f"'eval_every=0'")
         heldout = prompt_batch(t, list(range(t.num_rows)))
@@ -319,7 +320,15 @@ def run(cfg: RLConfig) -> int:
     from dutrain.data.cluster import ray_session
     from dutrain.tracking import stage_run
 
-    inputs = prepare(cfg)
+    import sys
+
+    from dutrain.config import ConfigError
+
+    try:
+        inputs = prepare(cfg)
+    except ConfigError as exc:  # found before any actor started: a message, not a traceback
+        print(f"dutrain rl: config error: {exc}", file=sys.stderr)
+        return 2
     if cfg.resume and inputs.resume_from is None:
         print(f"rl: no checkpoint under '{cfg.output}', starting from '{cfg.model}'")
     with ray_session(cfg.ray), stage_run(cfg, "rl") as tracker:

@@ -42,3 +42,15 @@ def test_bad_values_are_named(overrides, message):
 def test_staleness_bound_follows_the_mode():
     assert load_config(RLConfig).staleness_bound == 0
     assert load_config(RLConfig, overrides=["mode=async", "max_staleness=2"]).staleness_bound == 2
+
+
+def test_missing_dataset_fails_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    from dutrain.rl.controller import run
+
+    cfg = load_config(RLConfig, overrides=[f"dataset={tmp_path / 'none'}",
+                                           "tracking.enabled=false"])
+    assert run(cfg) == 2
+    assert "bad value for 'dataset'" in capsys.readouterr().err
+    assert not ray.is_initialized()
