@@ -47,7 +47,7 @@ def make_dataset(root: Path) -> str:
     return str(root)
 
 
-def dutrain_run(dataset: str, out: Path, mode: str, steps: int) -> dict:
+def dutrain_run(dataset: str, out: Path, mode: str, steps: int, learners: int) -> dict:
     from dutrain.config import load_config
     from dutrain.config.rl import RLConfig
     from dutrain.data.cluster import ray_session
@@ -56,7 +56,8 @@ def dutrain_run(dataset: str, out: Path, mode: str, steps: int) -> dict:
     cfg = load_config(RLConfig, overrides=[
         f"dataset={dataset}", f"output={out}", f"mode={mode}", f"steps={steps + WARMUP}",
         f"prompts_per_step={P}", f"group_size={G}", f"rollout.max_tokens={MAX_TOKENS}",
-        "reward.kind=type_mention", "learner.workers=2", "learner.cpus_per_worker=0.5",
+        "reward.kind=type_mention", f"learner.workers={learners}",
+        f"learner.cpus_per_worker={1 / learners}",
         "rollout.workers=1", "rollout.cpus_per_worker=1", "learner.lr=1e-3", "eval_every=0",
         "checkpoint_every=0", "samples_to_log=0", "tracking.enabled=false", "ray.num_cpus=2"])
     with ray_session(cfg.ray):
@@ -160,16 +161,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--skip-trl", action="store_true")
     ap.add_argument("--skip-sizes", action="store_true")
+    ap.add_argument("--learners", type=int, default=2, help="learner actors sharing 1 CPU")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-rl-"))
     dataset = make_dataset(tmp / "data")
     res: dict = {"workload": {"prompts": P, "group": G, "max_tokens": MAX_TOKENS,
                               "steps_timed": a.steps, "cpus": os.cpu_count(),
-                              "layout": "1 rollout actor (1 CPU) + 2 learner actors (0.5 CPU)"}}
+                              "layout": f"1 rollout actor (1 CPU) + {a.learners} learner "
+                                        f"actor(s) sharing 1 CPU"}}
     # the machine may be shared: record its load around each timed phase
-    res["sync"] = dutrain_run(dataset, tmp / "sync", "sync", a.steps)
+    res["sync"] = dutrain_run(dataset, tmp / "sync", "sync", a.steps, a.learners)
     res["sync"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-    res["async"] = dutrain_run(dataset, tmp / "async", "async", a.steps)
+    res["async"] = dutrain_run(dataset, tmp / "async", "async", a.steps, a.learners)
     res["async"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     s, x = res["sync"], res["async"]
     res["async_over_sync"] = round(x["step"] / s["step"], 3)
