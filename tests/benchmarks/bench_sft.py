@@ -201,7 +201,8 @@ def main() -> None:
     ap.add_argument("--only", default="plain,ray_1w,ray_2w,trl,gpu")
     a = ap.parse_args()
     only = set(a.only.split(","))
-    out: dict = {"steps": a.steps, "batch": a.batch, "cores": os.cpu_count()}
+    out: dict = {"steps": a.steps, "batch": a.batch, "cores": os.cpu_count(),
+                 "load_average_1m_start": os.getloadavg()[0]}
     import torch
     if "gpu" in only and torch.cuda.is_available():
         out["gpu_3b"] = bench_gpu_3b()
@@ -226,11 +227,17 @@ def main() -> None:
             if "trl" in only:
                 torch.set_num_threads(threads)
                 out["trl"] = bench_trl(model_dir, rows, a.steps, a.batch)
+            if "plain" in only and len(only) > 1:
+                # again at the end: on a shared machine the load drifts; compare with the mean
+                torch.set_num_threads(threads)
+                out["plain_end"] = bench_plain(model_dir, rows, a.steps, a.batch)
         ray.shutdown()
         if "plain" in out:
+            ref = statistics.mean(out[k]["samples_per_s"] for k in ("plain", "plain_end") if k in out)
             for k in ("ray_1w", "ray_2w", "trl"):
                 if k in out:
-                    out[f"{k}_vs_plain_samples_per_s"] = out[k]["samples_per_s"] / out["plain"]["samples_per_s"]
+                    out[f"{k}_vs_plain_samples_per_s"] = out[k]["samples_per_s"] / ref
+    out["load_average_1m_end"] = os.getloadavg()[0]
     print(json.dumps(out, indent=1))
 
 
