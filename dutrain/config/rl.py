@@ -1,4 +1,4 @@
-"""`dutrain rl`: GRPO on the structured rewards with vLLM rollout actors and torch learner actors."""
+"""`dutrain rl`: GRPO on the structured rewards, vLLM rollout actors and torch learner actors."""
 
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ class Batch:
         try:
             return self.columns[name]
         except KeyError:
-            raise KeyError(f"batch has no column {name!r}; columns: {sorted(self.columns)}") from None
+            raise KeyError(f"batch has no column {name!r}; "
+                           f"columns: {sorted(self.columns)}") from None
 
     def __contains__(self, name: str) -> bool:
         return name in self.columns

@@ -96,7 +96,8 @@ def prepare(cfg: RLConfig) -> RunInputs:
     try:
         train = read_table(cfg.dataset, ["train"], COLUMNS, cfg.train_limit, cfg.storage)
     except FileNotFoundError as exc:
-        raise ConfigError(f"bad value for 'dataset': {exc} (run `dutrain generate` first)") from None
+        raise ConfigError(f"bad value for 'dataset': {exc} (run `dutrain generate` "
+                          f"first)") from None
     if train.num_rows < cfg.prompts_per_step:
         raise ConfigError(f"dataset '{cfg.dataset}' has {train.num_rows} train rows; "
                          f"'prompts_per_step' is {cfg.prompts_per_step}")

@@ -68,8 +68,8 @@ class LearnerGroup:
         lc = cfg.learner
         self.cfg = cfg
         self.own_pg = pg is None
-        self.pg = pg or placement_group([bundle(lc.cpus_per_worker, lc.gpus_per_worker)] * lc.workers,
-                                        "dutrain-rl-learners")
+        self.pg = pg or placement_group(
+            [bundle(lc.cpus_per_worker, lc.gpus_per_worker)] * lc.workers, "dutrain-rl-learners")
         cls = ray.remote(LearnerWorker)
         self.actors = [cls.options(num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker,
                                    scheduling_strategy=_strategy(self.pg, i),
@@ -121,8 +121,8 @@ class RolloutGroup:
         rc = cfg.rollout
         self.cfg, self.model_dir = cfg, model_dir
         self.own_pg = pg is None
-        self.pg = pg or placement_group([bundle(rc.cpus_per_worker, rc.gpus_per_worker)] * rc.workers,
-                                        "dutrain-rl-rollouts")
+        self.pg = pg or placement_group(
+            [bundle(rc.cpus_per_worker, rc.gpus_per_worker)] * rc.workers, "dutrain-rl-rollouts")
         self._cls = ray.remote(RolloutWorker)
         self.actors = [self._start(i) for i in range(rc.workers)]
         ray.get([a.__ray_ready__.remote() for a in self.actors])

@@ -29,7 +29,8 @@ def vision_token_ids(tokenizer: Any) -> list[int]:
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
-def encode_sequences(processor: Any, images: list[Any], completions: list[list[int]]) -> dict[str, Any]:
+def encode_sequences(processor: Any, images: list[Any],
+                     completions: list[list[int]]) -> dict[str, Any]:
     """Prompt (as `dutrain.models.prompts` formats it) + sampled completion ids, right padded.
 
     Returns the model inputs plus `targets` / `mask` aligned with the logits of positions
@@ -136,7 +137,8 @@ class LearnerWorker:
         from dutrain.models import load_model, load_processor
 
         lc = self.cfg.learner
-        backend = lc.backend if lc.backend != "auto" else ("nccl" if self.device == "cuda" else "gloo")
+        backend = lc.backend if lc.backend != "auto" else \
+            ("nccl" if self.device == "cuda" else "gloo")
         if master_addr in ("127.0.0.1", "localhost"):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # keep gloo on loopback
         dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}",
@@ -229,10 +231,11 @@ class LearnerWorker:
                             sums[k] += float((st[k] * mask).sum())
                 sums["loss"] += float(loss.detach()) / lc.epochs
             if lc.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), lc.grad_clip))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.ddp.parameters(),
+                                                                 lc.grad_clip))
             else:
-                grad_norm = float(torch.sqrt(sum((p.grad.detach().float() ** 2).sum()
-                                                 for p in self.ddp.parameters() if p.grad is not None)))
+                grads = [p.grad for p in self.ddp.parameters() if p.grad is not None]
+                grad_norm = float(torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads)))
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
         sums["grad_norm"] = grad_norm

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
-
 from dutrain.config.rl import RolloutConfig
 
 from .batch import Batch
@@ -54,8 +52,8 @@ class RolloutWorker:
         rows = prompts.repeat_interleave(n)
         seeds = [seed + p * n + g for p in prompts["prompt"] for g in range(n)]
         t0 = time.perf_counter()
-        outs = self.engine.generate(rows["image"], n=1, temperature=0.0 if greedy else c.temperature,
-                                    top_p=c.top_p, max_tokens=c.max_tokens, logprobs=not greedy,
+        outs = self.engine.generate(rows["image"], n=1,
+                                    temperature=0.0 if greedy else c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, logprobs=not greedy,
                                     seed=seeds, structured=c.structured,
                                     allowed_token_ids=self.allowed)
         seconds = time.perf_counter() - t0
@@ -76,11 +74,5 @@ class RolloutWorker:
         self.version = version
         return time.perf_counter() - t0
 
-    def set_version(self, version: int) -> None:
-        self.version = version
-
     def weight_stats(self) -> dict[str, float]:
         return self.engine.weight_stats()
-
-    def get_version(self) -> int:
-        return self.version

@@ -29,7 +29,6 @@ from .groups import LearnerGroup, RolloutGroup
 class PendingSync:
     version: int
     started: float
-    payload: Any
     serialize_ref: Any
     updates: list[tuple[int, Any]]
 
@@ -38,7 +37,7 @@ def push_weights(learners: LearnerGroup, rollouts: RolloutGroup, version: int) -
     """Start pushing the learner's weights (as policy `version`) to every rollout engine."""
     t0 = time.perf_counter()
     payload, seconds = learners.async_weights()
-    return PendingSync(version, t0, payload, seconds, rollouts.async_update(payload, version))
+    return PendingSync(version, t0, seconds, rollouts.async_update(payload, version))
 
 
 def finish_sync(rollouts: RolloutGroup, pending: PendingSync) -> dict[str, float]:

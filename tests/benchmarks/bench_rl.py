@@ -1,6 +1,7 @@
 """RL benchmark (issue 5): step-time split sync vs async, weight sync vs size, TRL side by side.
 
-    .venv/bin/python tests/benchmarks/bench_rl.py [--steps 6] [--skip-trl] [--skip-sizes]
+    .venv/bin/python tests/benchmarks/bench_rl.py [--steps 6] [--learners 2] [--trl-threads 2]
+        [--skip-trl] [--skip-sizes] [--skip-dutrain]
 
 Same workload for every system: the tiny Qwen2-VL, 8 prompts (128×128 images) × 4 completions
 of up to 48 tokens, toy reward (names `haze`), one optimisation step per batch, fp32 on CPU.
@@ -85,8 +86,13 @@ def dutrain_run(dataset: str, out: Path, mode: str, steps: int, learners: int) -
     return split
 
 
-def trl_run(dataset: str, out: Path, steps: int) -> dict:
-    """TRL GRPOTrainer, generation with transformers (use_vllm=False), same workload."""
+def trl_run(dataset: str, out: Path, steps: int, threads: int) -> dict:
+    """TRL GRPOTrainer, generation with transformers (use_vllm=False), same workload.
+
+    `threads`: torch threads of the trainer process (2 uses both cores like dutrain's actors do
+    together; on a loaded machine 2 OpenMP threads can stall on each other, so 1 is measured too).
+    """
+    import torch
     from datasets import Dataset
     from transformers import AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -104,6 +110,7 @@ def trl_run(dataset: str, out: Path, steps: int) -> dict:
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
         return [type_mention_reward(t, "haze")["total"] for t in texts]
 
+    torch.set_num_threads(threads)
     times: list[float] = []
 
     class Timer(TrainerCallback):
@@ -122,10 +129,12 @@ def trl_run(dataset: str, out: Path, steps: int) -> dict:
         use_vllm=False, use_cpu=True, seed=0, dataloader_num_workers=0,
         remove_unused_columns=False)
     trainer = GRPOTrainer(model=load_model(model_dir), reward_funcs=reward, args=args,
-                          train_dataset=ds, processing_class=AutoProcessor.from_pretrained(model_dir),
+                          train_dataset=ds,
+                          processing_class=AutoProcessor.from_pretrained(model_dir),
                           callbacks=[Timer()])
     trainer.train()
-    return {"step": round(statistics.median(times[WARMUP:]), 4), "steps_timed": len(times[WARMUP:])}
+    return {"step": round(statistics.median(times[WARMUP:]), 4), "threads": threads,
+            "steps_timed": len(times[WARMUP:])}
 
 
 def sync_vs_size() -> list[dict]:
@@ -160,6 +169,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument("--trl-threads", type=int, default=2, help="torch threads of the TRL run")
+    ap.add_argument("--skip-dutrain", action="store_true", help="only TRL (and sizes)")
     ap.add_argument("--skip-sizes", action="store_true")
     ap.add_argument("--learners", type=int, default=2, help="learner actors sharing 1 CPU")
     a = ap.parse_args()
@@ -170,18 +181,21 @@ def main() -> None:
                               "layout": f"1 rollout actor (1 CPU) + {a.learners} learner "
                                         f"actor(s) sharing 1 CPU"}}
     # the machine may be shared: record its load around each timed phase
-    res["sync"] = dutrain_run(dataset, tmp / "sync", "sync", a.steps, a.learners)
-    res["sync"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-    res["async"] = dutrain_run(dataset, tmp / "async", "async", a.steps, a.learners)
-    res["async"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-    s, x = res["sync"], res["async"]
-    res["async_over_sync"] = round(x["step"] / s["step"], 3)
-    res["async_over_max_rollout_learner"] = round(x["step"] / max(x["rollout"], x["learner"]), 3)
+    if not a.skip_dutrain:
+        for mode in ("sync", "async"):
+            res[mode] = dutrain_run(dataset, tmp / mode, mode, a.steps, a.learners)
+            res[mode]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+        s, x = res["sync"], res["async"]
+        res["async_over_sync"] = round(x["step"] / s["step"], 3)
+        res["async_over_max_rollout_learner"] = round(x["step"] / max(x["rollout"], x["learner"]),
+                                                      3)
     if not a.skip_trl:
-        res["trl_grpo"] = trl_run(dataset, tmp / "trl", a.steps)
+        res["trl_grpo"] = trl_run(dataset, tmp / "trl", a.steps, a.trl_threads)
         res["trl_grpo"]["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
-        res["dutrain_sync_over_trl"] = round(s["step"] / res["trl_grpo"]["step"], 3)
-        res["dutrain_async_over_trl"] = round(x["step"] / res["trl_grpo"]["step"], 3)
+        for mode in ("sync", "async"):
+            if mode in res:
+                res[f"dutrain_{mode}_over_trl"] = round(res[mode]["step"] / res["trl_grpo"]["step"],
+                                                        3)
     if not a.skip_sizes:
         res["weight_sync_vs_params"] = sync_vs_size()
     print(json.dumps(res, indent=1))
