@@ -60,6 +60,8 @@ class SFTConfig:
     lr: float = option(1e-3, "peak learning rate (AdamW)", min=0.0)
     warmup_steps: int = option(20, "linear warm-up steps", min=0)
     min_lr_ratio: float = option(0.1, "cosine decay floor as a fraction of lr", min=0.0, max=1.0)
+    vision_lr_scale: float = option(1.0, "learning rate of the vision tower as a fraction of lr "
+                                         "(< 1 keeps its initial features longer)", min=0.0)
     weight_decay: float = option(0.0, "AdamW weight decay", min=0.0)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)", min=0.0)
     dtype: str = option("auto", "training precision: auto = bf16 autocast on GPU, fp32 on CPU",

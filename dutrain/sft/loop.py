@@ -38,6 +38,15 @@ def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def param_groups(model: Any, lr: float, vision_scale: float) -> list[dict[str, Any]]:
+    """AdamW groups: the vision tower (`visual.` parameters) at lr × vision_scale, the rest at lr."""
+    vision, rest = [], []
+    for name, p in model.named_parameters():
+        (vision if ".visual." in f".{name}" else rest).append(p)
+    return [g for g in ({"params": rest, "lr": lr}, {"params": vision, "lr": lr * vision_scale})
+            if g["params"]]
+
+
 def unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
@@ -178,7 +187,8 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     model = ray.train.torch.prepare_model(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.vision_lr_scale), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
     start, best = 0, float("inf")
