@@ -54,3 +54,16 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert f[0] == 0.1 and f[9] == 1.0 and abs(f[10] - 1.0) < 1e-9
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert abs(f[100] - 0.1) < 1e-9
+
+
+def test_vision_tower_gets_its_own_learning_rate():
+    from dutrain.models import load_model, tiny_model
+    from dutrain.sft.loop import param_groups
+
+    model = load_model(tiny_model())
+    rest, vision = param_groups(model, 1e-3, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert vision["lr"] == 1e-4 and rest["lr"] == 1e-3
+    assert all(".visual." in f".{names[id(p)]}" for p in vision["params"])
+    assert not any(".visual." in f".{names[id(p)]}" for p in rest["params"])
+    assert len(vision["params"]) + len(rest["params"]) == len(list(model.parameters()))
