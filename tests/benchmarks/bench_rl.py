@@ -32,6 +32,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # keep stdout for the JSON result
 
 P, G, MAX_TOKENS, WARMUP = 8, 4, 48, 2
 
