@@ -1,6 +1,8 @@
-"""Config sections shared by every verb: tracking, storage, Ray."""
+"""Config sections shared by several verbs: tracking, storage, Ray, reward weights, serving."""
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 from .core import ConfigError, configclass, option
 
@@ -33,3 +35,32 @@ class RayConfig:
         if a not in (None, "local", "auto") and not (a.startswith("ray://") or ":" in a):
             raise ConfigError(f"bad value for 'ray.address': {a!r} (allowed: null, 'local', "
                               f"'auto', 'HOST:PORT' or 'ray://HOST:PORT')")
+
+
+@configclass
+class RewardWeights:
+    """Weights of the reward `total` (DESIGN.md §6); the defaults sum to 1."""
+
+    format: float = option(0.1, "weight of the format component", min=0)
+    type: float = option(0.4, "weight of the type component", min=0)
+    key: float = option(0.1, "weight of the key component", min=0)
+    value: float = option(0.4, "weight of the value component", min=0)
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)}
+
+
+@configclass
+class GenerationConfig:
+    """How a model is served for evaluation (vLLM workers as Ray actors)."""
+
+    workers: int = option(1, "vLLM workers (Ray actors), each with its own engine", min=1)
+    cpus_per_worker: float = option(1.0, "CPUs reserved per worker", min=0)
+    gpus_per_worker: float = option(0.0, "GPUs per worker (0 on CPU)", min=0)
+    batch_size: int = option(16, "images per generate call", min=1)
+    max_tokens: int = option(384, "completion length limit (tokens)", min=1)
+    temperature: float = option(0.0, "sampling temperature (0 = greedy)", min=0)
+    structured: bool = option(False, "constrain decoding to the answer grammar")
+    dtype: str = option("float32", "engine dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    max_model_len: int = option(1024, "engine context length (tokens)", min=64)
+    seed: int = option(0, "sampling seed")

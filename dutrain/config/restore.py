@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .common import RayConfig, StorageConfig, TrackingConfig
+from .common import GenerationConfig, RayConfig, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
-from .eval import BASELINES, GenerationConfig
+from .eval import BASELINES
 
 SPLITS = ("train", "val", "test", "ood")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .common import RayConfig, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
-from .eval import RewardWeights
+from .common import RewardWeights
 
 DTYPES = ("float32", "bfloat16", "float16")
 
