@@ -44,13 +44,17 @@ def test_staleness_bound_follows_the_mode():
     assert load_config(RLConfig, overrides=["mode=async", "max_staleness=2"]).staleness_bound == 2
 
 
-def test_missing_dataset_fails_before_ray_starts(tmp_path, capsys):
+def test_missing_dataset_fails_before_ray_starts(tmp_path, capsys, monkeypatch):
     import ray
 
     from dutrain.rl.controller import run
 
+    # Independent of test order (a session cluster may be up): any Ray start is recorded.
+    started = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(a or k))
     cfg = load_config(RLConfig, overrides=[f"dataset={tmp_path / 'none'}",
                                            "tracking.enabled=false"])
     assert run(cfg) == 2
     assert "bad value for 'dataset'" in capsys.readouterr().err
-    assert not ray.is_initialized()
+    assert started == []
