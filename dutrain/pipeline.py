@@ -118,11 +118,11 @@ def is_complete(cfg: PipelineConfig, job: StageJob) -> bool:
         return False
 
 
-def _mark(cfg: PipelineConfig, job: StageJob, seconds: float, run_id: str | None) -> None:
+def _mark(cfg: PipelineConfig, job: StageJob, seconds: float) -> None:
     m = _marker(cfg, job)
     m.parent.mkdir(parents=True, exist_ok=True)
     m.write_text(json.dumps({"stage": job.stage, "label": job.label, "config_hash": _hash(job),
-                             "seconds": round(seconds, 1), "run_id": run_id,
+                             "seconds": round(seconds, 1),
                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
 
 
@@ -176,7 +176,7 @@ def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None =
                                         f"code {code}; later stages not run. Fix it and rerun: "
                                         f"completed stages are skipped.")
                 redo_from = min(redo_from, STAGES.index(job.stage) + 1)  # later stages see new outputs
-                _mark(cfg, job, dt, None)
+                _mark(cfg, job, dt)
                 results[job.label] = {"status": "done", "seconds": dt}
                 parent.log_metrics({f"pipeline/{job.label}_seconds": dt})
         finally:
