@@ -72,6 +72,11 @@ def test_node_removed_mid_run_still_gives_every_sample_once(two_nodes, tmp_path)
     assert not t.is_alive(), "generate did not finish after the node was removed"
     assert "error" not in box, box.get("error")
 
+    # The GCS marks a killed raylet dead after its health checks fail, which can take longer
+    # than the (short) run itself: wait for it instead of reading the table once.
+    deadline = time.time() + 60
+    while ray.cluster_resources().get("CPU") != 1 and time.time() < deadline:
+        time.sleep(0.2)
     assert ray.cluster_resources().get("CPU") == 1
     splits = {f"builtin/{n}": split_of(f"builtin/{n}", cfg.val_fraction, cfg.test_fraction)
               for n in BUILTIN_IMAGES}
