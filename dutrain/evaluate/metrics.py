@@ -4,6 +4,8 @@ Per split (keys ``{split}/{metric}``):
 - ``format_valid``: share of samples whose completion meets the format contract;
 - ``type_exact``: share whose predicted type set equals the true one (``clean`` for an empty chain);
 - ``type_f1``: micro F1 over (sample, type) labels incl. ``clean``; ``type_f1/{type}`` per type;
+- ``type_recall/{type}``: share of the samples that hold a type whose prediction names it (per-type
+  accuracy: with one degradation per sample it is the type's row of the confusion matrix);
 - ``key_acc``: mean of the `key` reward;
 - ``value_nmae``: mean over matched, answered keys of min(1, |v̂ - v| / width) (= 1 - `value`
   per key), and ``value_nmae/{type}.{key}`` per key;
@@ -97,6 +99,8 @@ def split_metrics(split: str, scored: Iterable[Scored]) -> dict[str, float]:
         f1 = _f1(tp[t], fp[t], fn[t])
         if f1 is not None:
             out[f"type_f1/{t}"] = f1
+        if tp[t] + fn[t]:
+            out[f"type_recall/{t}"] = tp[t] / (tp[t] + fn[t])
     out["key_acc"] = sum(r.scores["key"] for r in rows) / n
     errs: dict[str, list[float]] = defaultdict(list)
     within: list[bool] = []

@@ -51,9 +51,10 @@ def markdown_report(system: str, dataset: str, splits: Sequence[str], metrics: M
     types = sorted({k.split("/", 2)[2] for k in metrics if "/type_f1/" in k},
                    key=lambda t: (t != "clean", list(TAXONOMY).index(t) if t in TAXONOMY else -1))
     if types:
-        md += ["## Type F1 per type", "",
-               _md_table(["type", *splits], [[t, *[_cell(metrics, f"{s}/type_f1/{t}", "{:.3f}")
-                                                  for s in splits]] for t in types]), ""]
+        md += ["## Per type: F1 and recall (the type's accuracy)", "",
+               _md_table(["type", *[f"{s} {m}" for s in splits for m in ("F1", "recall")]],
+                         [[t, *[_cell(metrics, f"{s}/type_{m}/{t}", "{:.3f}")
+                                for s in splits for m in ("f1", "recall")]] for t in types]), ""]
     keys = sorted({k.split("/", 2)[2] for k in metrics if "/value_nmae/" in k},
                   key=lambda tk: [f"{d.type}.{p.key}" for d in TAXONOMY.values()
                                   for p in d.params].index(tk))

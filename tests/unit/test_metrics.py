@@ -31,7 +31,8 @@ def test_perfect_predictions_score_one_on_every_metric():
     assert m["test/value_nmae"] == 0.0
     assert {k for k in m if "/type_f1/" in k} == {"test/type_f1/clean", "test/type_f1/jpeg",
                                                    "test/type_f1/haze", "test/type_f1/gaussian_noise"}
-    assert all(m[k] == 1.0 for k in m if "/type_f1/" in k)
+    assert all(m[k] == 1.0 for k in m if "/type_f1/" in k or "/type_recall/" in k)
+    assert len([k for k in m if "/type_recall/" in k]) == 4
     assert all(m[k] == 0.0 for k in m if "/value_nmae/" in k)
     assert m["test/n"] == 4 and m["test/missing"] == 0
 
@@ -46,6 +47,8 @@ def test_shuffled_predictions_match_hand_computation():
     assert m["test/type_f1/jpeg"] == pytest.approx(0.5)
     assert m["test/type_f1/haze"] == pytest.approx(0.5)
     assert m["test/type_f1/clean"] == 0.0 and m["test/type_f1/gaussian_noise"] == 0.0
+    assert m["test/type_recall/jpeg"] == m["test/type_recall/haze"] == pytest.approx(0.5)
+    assert m["test/type_recall/clean"] == m["test/type_recall/gaussian_noise"] == 0.0
     assert m["test/key_acc"] == pytest.approx(0.5)
     e_q, e_b, e_a = 15 / 80, 0.2 / 2.3, 0.1 / 0.35
     assert m["test/value_nmae/jpeg.quality"] == pytest.approx(e_q)
