@@ -104,6 +104,7 @@ class RLConfig:
                                           "policy (group_size samples per prompt at the "
                                           "rollout temperature, fixed seeds)",
                                 choices=("greedy", "policy"))
+    progress: bool = option(True, "show a progress bar (step, reward, step seconds) on stderr")
     samples_to_log: int = option(8, "completions per step written to samples/", min=0)
     reward: RewardConfig = option(default_factory=RewardConfig, doc="reward")
     rollout: RolloutConfig = option(default_factory=RolloutConfig, doc="rollout actors")

@@ -70,6 +70,7 @@ class SFTConfig:
     seed: int = option(0, "seed of data order and initial weights", min=0)
     train_limit: int | None = option(None, "use at most this many train rows", min=1)
     # --- evaluation, logging, checkpoints
+    progress: bool = option(True, "show a progress bar (step, train and val loss) on stderr")
     log_every: int = option(10, "steps between train metrics", min=1)
     eval_every: int = option(100, "steps between validation losses (and best/ updates)", min=1)
     val_samples: int = option(128, "val rows for the validation loss", min=1)

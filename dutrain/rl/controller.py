@@ -323,6 +323,8 @@ def run(cfg: RLConfig) -> int:
 
     import sys
 
+    from tqdm import tqdm
+
     from dutrain.config import ConfigError
 
     try:
@@ -332,8 +334,19 @@ def run(cfg: RLConfig) -> int:
         return 2
     if cfg.resume and inputs.resume_from is None:
         print(f"rl: no checkpoint under '{cfg.output}', starting from '{cfg.model}'")
-    with ray_session(cfg.ray), stage_run(cfg, "rl") as tracker:
-        ctl = Controller(cfg, inputs, log=tracker.log_metrics, log_text=tracker.log_text)
+    with ray_session(cfg.ray), stage_run(cfg, "rl") as tracker, tqdm(
+            total=cfg.steps, desc="rl", unit="step", file=sys.stderr, disable=not cfg.progress,
+            dynamic_ncols=True) as bar:
+        def log(metrics: dict[str, float], step: int) -> None:
+            tracker.log_metrics(metrics, step=step)
+            bar.update(max(0, step - bar.n))
+            shown = {label: f"{metrics[k]:.3g}" for k, label in (
+                ("reward/total", "reward"), (f"{cfg.eval_split}/reward/total", cfg.eval_split),
+                ("rl/step_seconds", "s/step")) if k in metrics}
+            if shown:
+                bar.set_postfix(shown)
+
+        ctl = Controller(cfg, inputs, log=log, log_text=tracker.log_text)
         try:
             ctl.start()
             tracker.set_tags({"rl.learner_params": ctl.learners.num_params,

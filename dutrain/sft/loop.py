@@ -160,6 +160,7 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
     from dutrain.config.sft import SFTConfig
     from dutrain.models import load_model, load_processor, resolve_model
     from dutrain.tracking import Tracker
+    from dutrain.tracking.progress import post_step
 
     from .data import batch_order, load_rows
 
@@ -258,6 +259,8 @@ def train_loop(loop_cfg: dict[str, Any]) -> None:
             metrics["val/best_loss"] = best
         if metrics:
             tracker.log_metrics(metrics, step=done)
+        if rank == 0:
+            post_step(loop_cfg.get("progress"), done, metrics)
         if done % cfg.checkpoint_every == 0 or done == stop:
             _report_checkpoint(model, processor, opt, sched, done, best, metrics, rank)
         if metrics:

@@ -17,6 +17,7 @@ from dutrain.config.sft import SFTConfig
 from dutrain.data.cluster import ray_session
 from dutrain.data.storage import filesystem, is_remote
 from dutrain.tracking import stage_run, tracking_uri
+from dutrain.tracking.progress import step_progress
 
 RUN_NAME = "train"
 
@@ -78,21 +79,24 @@ def run(cfg: SFTConfig) -> int:
         run.log_metrics({"data/train_rows": rows, "data/val_rows": val.count(),
                          "data/prepare_seconds": prep_s})
         storage_path, storage_fs = _storage(output, cfg.storage)
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config={"config": conf, "output": output, "run_id": run.run_id,
-                               "tracking_uri": tracking_uri(cfg.tracking.uri)},
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
-            run_config=RunConfig(
-                name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
-                checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                failure_config=FailureConfig(max_failures=cfg.max_failures)),
-            datasets={**{f"train_{i}": s for i, s in enumerate(shards)}, "val": val},
-            dataset_config=DataConfig(datasets_to_split=[]),
-        )
-        t1 = time.perf_counter()
-        result = trainer.fit()
+        with step_progress(cfg.max_steps, "sft", cfg.progress,
+                           show=("train/loss", "val/loss")) as board:
+            trainer = TorchTrainer(
+                train_loop,
+                train_loop_config={"config": conf, "output": output, "run_id": run.run_id,
+                                   "tracking_uri": tracking_uri(cfg.tracking.uri),
+                                   "progress": board},
+                scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                             resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                run_config=RunConfig(
+                    name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
+                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                    failure_config=FailureConfig(max_failures=cfg.max_failures)),
+                datasets={**{f"train_{i}": s for i, s in enumerate(shards)}, "val": val},
+                dataset_config=DataConfig(datasets_to_split=[]),
+            )
+            t1 = time.perf_counter()
+            result = trainer.fit()
         train_s = time.perf_counter() - t1
         ckpt = result.checkpoint.path if result.checkpoint else None
         run.set_tags({"dutrain.ray_checkpoint": ckpt or "", "dutrain.output": output})

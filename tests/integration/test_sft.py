@@ -43,12 +43,16 @@ def _run_of(uri: str, output: Path):
     return c, runs
 
 
-def test_two_workers_loss_falls_checkpoints_load_and_run_is_tracked(data, tmp_path, mlflow_server):
+def test_two_workers_loss_falls_checkpoints_load_and_run_is_tracked(data, tmp_path, mlflow_server,
+                                                                    capfd):
     out = tmp_path / "sft"
     cfg = sft_config(data, out, "max_steps=30", "log_every=5", "eval_every=15",
                      "checkpoint_every=15", "keep_checkpoints=1", "final_eval_samples=8",
                      "sample_completions=2", "max_new_tokens=48", tracking=mlflow_server)
     assert run(cfg) == 0
+    # rank 0's steps reach the driver's progress bar (workers themselves do not print)
+    err = capfd.readouterr().err
+    assert "sft: 100%" in err and "30/30" in err and "loss=" in err, err[-2000:]
 
     c, runs = _run_of(mlflow_server, out)
     assert len(runs) == 1
