@@ -26,8 +26,10 @@ class TinyModelConfig:
     max_image_side: int = option(224, "images larger than this² px are downscaled", min=8)
     vocab_merges: int = option(700, "BPE merges learned on the answer/reasoning corpus", min=0)
     seed: int = option(0, "seed of the random weights", min=0)
-    patch_init: str = option("random", "patch embedding init: Qwen's random one, or a bank of "
-                                       "2-D DCT filters ('dct')", choices=("random", "dct"))
+    patch_init: str = option("random", "patch embedding init: Qwen's random one, a bank of 2-D "
+                                       "DCT filters ('dct'), or DCT plus JPEG block-boundary "
+                                       "filters ('dct_block')",
+                             choices=("random", "dct", "dct_block"))
 
     def spec(self) -> "object":
         from dutrain.models.tiny import TinySpec

@@ -54,7 +54,7 @@ CHAT_TEMPLATE = (
 )
 
 
-PATCH_INITS = ("random", "dct")
+PATCH_INITS = ("random", "dct", "dct_block")
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ class TinySpec:
     corpus_samples: int = 2000
     max_position_embeddings: int = 4096
     seed: int = 0
-    #: "random" (Qwen's init) or "dct": the vision tower starts as DCT band-energy features
+    #: "random" (Qwen's init), "dct": the vision tower starts as DCT band-energy features, or
+    #: "dct_block": DCT plus JPEG block-boundary filters (see `block_boundary_filters`)
     patch_init: str = "random"
 
     def validate(self) -> None:
@@ -200,6 +201,28 @@ def dct_patch_filters(n_filters: int, embed_dim: int, patch: int, temporal: int 
     return w.float()
 
 
+def block_boundary_filters(patch: int, block: int = 8, rows_per_filter: int = 4) -> list[Any]:
+    """Luma filters [patch, patch] measuring the step across each JPEG block boundary inside a
+    patch beyond what the neighbouring gradients predict: per boundary column c and group of
+    rows, Σ (x[c] - x[c-1]) - ((x[c-1] - x[c-2]) + (x[c+1] - x[c])) / 2, and the same across
+    rows. Smooth content gives ~0; a block edge gives its step. Empty when no boundary falls
+    inside a patch (patch ≤ block), since blocks then align with patches and no filter sees one.
+    """
+    import torch
+
+    out = []
+    for c in range(block, patch, block):
+        if c < 2 or c + 1 >= patch:
+            continue
+        for r0 in range(0, patch, rows_per_filter):
+            f = torch.zeros(patch, patch, dtype=torch.float64)
+            rows = slice(r0, r0 + rows_per_filter)
+            f[rows, c], f[rows, c - 1], f[rows, c - 2], f[rows, c + 1] = 1.5, -1.5, 0.5, -0.5
+            f *= 2.0 / f.norm()  # the scale of the (×2) DCT filters
+            out += [f, f.T.clone()]
+    return out
+
+
 def init_dct_tower(model: Any, spec: TinySpec) -> None:
     """Start the vision tower as a band-energy feature extractor (an init; all of it trains).
 
@@ -218,7 +241,14 @@ def init_dct_tower(model: Any, spec: TinySpec) -> None:
     half = e // 2
     a, b = 2.0, 0.5
     with torch.no_grad():
-        vis.patch_embed.proj.weight.copy_(dct_patch_filters(half, e, spec.patch_size))
+        w = dct_patch_filters(half, e, spec.patch_size)
+        if spec.patch_init == "dct_block":  # they replace the last (highest) luma DCT bases
+            blocks = block_boundary_filters(spec.patch_size)
+            n_luma = half - max(1, half // 8)
+            for i, f in enumerate(blocks[:n_luma // 2]):
+                w[n_luma - 1 - i] = (torch.ones(3, dtype=torch.float64)[:, None, None, None] / 3
+                                     * f / w.shape[2]).float()
+        vis.patch_embed.proj.weight.copy_(w)
         mlp = vis.blocks[0].mlp
         mlp.fc1.weight[:2 * half].zero_()
         mlp.fc1.bias[:2 * half].zero_()
@@ -253,7 +283,7 @@ def build_tiny(spec: TinySpec, out_dir: str | os.PathLike) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(spec.seed)
         model = Qwen2VLForConditionalGeneration(cfg).to(torch.float32)
-    if spec.patch_init == "dct":
+    if spec.patch_init in ("dct", "dct_block"):
         init_dct_tower(model, spec)
     model.generation_config = GenerationConfig(
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)

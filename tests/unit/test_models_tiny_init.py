@@ -45,3 +45,24 @@ def test_band_energies_rise_with_noise(tokenizer):
         assert torch.count_nonzero(h[0, 32:]) == 0  # the energy half starts empty
         energies.append(float(e.sum()))
     assert energies[0] < energies[1] < energies[2], energies
+
+
+def test_block_boundary_filters_see_jpeg_steps_not_smooth_ramps():
+    from dutrain.models.tiny import block_boundary_filters
+    assert block_boundary_filters(8) == []  # blocks align with patches: nothing inside to see
+    fs = block_boundary_filters(16)
+    assert len(fs) == 8  # one boundary (column/row 8) x 4 row groups x 2 orientations
+    y, x = np.mgrid[0:16, 0:16].astype(np.float64)
+    ramp = torch.tensor(0.3 + 0.02 * x + 0.01 * y)
+    step = ramp + 0.1 * torch.tensor((x >= 8).astype(float) + (y >= 8).astype(float))
+    assert max(abs(float((f * ramp).sum())) for f in fs) < 1e-9
+    assert min(abs(float((f * step).sum())) for f in fs) > 0.1
+
+
+def test_dct_block_init_builds_and_keeps_the_energy_half_free(tokenizer):
+    spec = TinySpec(patch_size=16, vision_embed_dim=64, patch_init="dct_block")
+    model = Qwen2VLForConditionalGeneration(_model_config(spec, tokenizer))
+    init_dct_tower(model, spec)
+    w = model.model.visual.patch_embed.proj.weight
+    assert torch.count_nonzero(w[32:]) == 0
+    assert torch.isfinite(w).all() and float(w[:32].flatten(1).norm(dim=1).min()) > 0.1
