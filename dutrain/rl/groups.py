@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from dutrain.config.rl import RLConfig
+from dutrain.data.cluster import forwarded_env
 
 from .batch import Batch
 from .learner import LearnerWorker
@@ -76,7 +77,8 @@ class LearnerGroup:
         cls = ray.remote(LearnerWorker)
         self.actors = [cls.options(num_cpus=lc.cpus_per_worker, num_gpus=lc.gpus_per_worker,
                                    scheduling_strategy=_strategy(self.pg, i),
-                                   runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+                                   runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false",
+                                                             **forwarded_env(ray)}})
                        .remote(i, lc.workers, model_dir, cfg) for i in range(lc.workers)]
         addr, port = ray.get(self.actors[0].address.remote())
         self.num_params = ray.get([a.setup.remote(addr, port, init_dir) for a in self.actors])[0]
@@ -134,10 +136,13 @@ class RolloutGroup:
         self.current: tuple[Any, int] | None = None
 
     def _start(self, index: int) -> Any:
+        import ray
+
         rc = self.cfg.rollout
         return self._cls.options(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker,
                                  scheduling_strategy=_strategy(self.pg, index),
-                                 runtime_env={"env_vars": ROLLOUT_ENV}, max_restarts=0
+                                 runtime_env={"env_vars": {**ROLLOUT_ENV, **forwarded_env(ray)}},
+                                 max_restarts=0
                                  ).remote(self.model_dir, rc, self.cfg.seed)
 
     def replace(self, index: int) -> None:

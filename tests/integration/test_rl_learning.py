@@ -132,3 +132,33 @@ def test_resume_reproduces_the_next_steps(ray_local, sync_run, tmp_path):
         assert m["rl/completion_length"] == pytest.approx(hist0["rl/completion_length"][step])
         assert m["rl/entropy"] == pytest.approx(hist0["rl/entropy"][step], rel=1e-4)
         assert m["rl/loss"] == pytest.approx(hist0["rl/loss"][step], rel=1e-3, abs=1e-6)
+
+
+def test_checkpoints_on_s3_resume_the_run(ray_local, sync_run, s3_env):
+    """The same resume, with `output` on S3 (moto on loopback): learners write the weights there
+    and the controller its state; the resumed steps match the uninterrupted run."""
+    import s3fs
+
+    from dutrain.rl.controller import Controller, prepare
+
+    cfg0, hist0 = sync_run[0], sync_run[1]
+    out = f"s3://{s3_env['bucket']}/rl"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_env["endpoint"]})
+    fs.put(str(Path(cfg0.output) / "checkpoints" / "step_000004"),
+           f"{out}/checkpoints/step_000004".removeprefix("s3://"), recursive=True)
+    cfg = load_config(RLConfig, overrides=TOY + [
+        f"dataset={cfg0.dataset}", f"output={out}", "resume=true", "eval_every=0",
+        "checkpoint_every=1", "tracking.enabled=false"])
+    inputs = prepare(cfg)
+    assert inputs.resume_state["step"] == 4
+    ctl = Controller(cfg, inputs)
+    try:
+        ctl.start()
+        hist = ctl.fit()
+        final = ctl.save_final()
+    finally:
+        ctl.shutdown()
+    assert [m["reward/total"] for m in hist] == pytest.approx(hist0["reward/total"][4:], abs=1e-6)
+    fs.invalidate_cache()
+    assert fs.exists(f"{out}/checkpoints/step_000006".removeprefix("s3://"))
+    assert fs.exists(f"{final}/model.safetensors".removeprefix("s3://")), fs.ls(final)
