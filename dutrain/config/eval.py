@@ -13,8 +13,8 @@ class EvalConfig:
     dataset: str = option("runs/data/demo", "dataset root (local path or s3://...)")
     splits: list[str] = option(default_factory=lambda: ["test", "ood"],
                                doc="splits to evaluate (train, val, test, ood)")
-    limit: int | None = option(None, "at most this many samples per split (first by sample_id)",
-                               min=1)
+    limit: int | None = option(None, "at most this many samples per split (a fixed subset "
+                                     "spread over the split)", min=1)
     model: str | None = option(None, "model to evaluate: a checkpoint directory, s3:// URI, hub "
                                      "id, 'tiny', 'baseline:prior' or 'baseline:classical' "
                                      "(default: 'tiny' unless 'predictions' is set)")

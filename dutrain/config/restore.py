@@ -54,8 +54,8 @@ class RestoreConfig:
     output: str = option("runs/restore", "folder for restored images, grid.png, "
                                          "annotations.jsonl and (on a split) metrics.json, "
                                          "report.md")
-    limit: int | None = option(None, "at most this many images (first by name / sample_id)",
-                               min=1)
+    limit: int | None = option(None, "at most this many images (dataset: a fixed subset "
+                                     "spread over the split; folder: first by name)", min=1)
     grid: int = option(8, "rows in the before/after grid", min=1, max=64)
     restore: BackendConfig = option(default_factory=BackendConfig, doc="restoration backend")
     generation: GenerationConfig = option(default_factory=GenerationConfig,

@@ -81,8 +81,8 @@ class RLConfig:
     steps: int = option(20, "optimisation steps", min=1)
     prompts_per_step: int = option(8, "prompts (images) per step", min=1)
     group_size: int = option(4, "completions per prompt (G)", min=2)
-    train_limit: int | None = option(None, "use at most this many train rows (first by "
-                                           "sample_id)", min=1)
+    train_limit: int | None = option(None, "use at most this many train rows (a fixed "
+                                           "subset spread over the split)", min=1)
     seed: int = option(0, "seed of prompt order, sampling and learner RNG", min=0)
     mode: str = option("sync", "sync: generate then learn; async: rollouts for step t+1 run "
                                "while the learner trains on step t", choices=("sync", "async"))
@@ -99,7 +99,7 @@ class RLConfig:
                                 "(0: never)", min=0)
     eval_split: str = option("val", "split of the held-out prompts",
                              choices=("train", "val", "test", "ood"))
-    eval_prompts: int = option(16, "held-out prompts (first by sample_id)", min=1)
+    eval_prompts: int = option(16, "held-out prompts (a fixed subset spread over the split)", min=1)
     eval_sampling: str = option("greedy", "held-out completions: greedy (one per prompt) or "
                                           "policy (group_size samples per prompt at the "
                                           "rollout temperature, fixed seeds)",

@@ -6,6 +6,7 @@ an s3:// root and never loads columns it is not asked for.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -33,7 +34,12 @@ def parquet_dataset(root: str, storage: Any = None) -> pads.Dataset:
 
 def read_table(root: str, splits: Iterable[str] | None = None, columns: Iterable[str] | None = None,
                limit: int | None = None, storage: Any = None) -> pa.Table:
-    """Rows of the given splits (all if None), sorted by sample_id so order is reproducible."""
+    """Rows of the given splits (all if None), sorted by sample_id so order is reproducible.
+
+    `limit` keeps a deterministic subset spread over the whole split (the rows whose sample_id
+    hashes lowest), not its first rows: ids sort by source image, so a prefix would hold one or
+    two photos.
+    """
     ds = parquet_dataset(root, storage)
     cols = list(columns) if columns else list(COLUMNS)
     if "sample_id" not in cols:
@@ -46,10 +52,11 @@ def read_table(root: str, splits: Iterable[str] | None = None, columns: Iterable
             raise ValueError(f"unknown split(s) {bad}; allowed: {', '.join(SPLITS)}")
         flt = pads.field("split").isin(splits)
     table = ds.to_table(columns=cols, filter=flt)
-    table = table.sort_by("sample_id")
-    if limit is not None:
-        table = table.slice(0, limit)
-    return table
+    if limit is not None and limit < table.num_rows:
+        keys = [hashlib.blake2b(i.encode(), digest_size=8).digest()
+                for i in table.column("sample_id").to_pylist()]
+        table = table.take(sorted(range(len(keys)), key=keys.__getitem__)[:limit])
+    return table.sort_by("sample_id")
 
 
 def decode_png(data: bytes) -> np.ndarray:

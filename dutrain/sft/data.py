@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dutrain.data.dataset import decode_png
+from dutrain.data.dataset import decode_png, read_table
 from dutrain.schema import render_answer
 
 TARGETS = ("reasoning", "answer")
@@ -68,8 +68,10 @@ def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: in
     ds = ray.data.read_parquet(files, filesystem=fs,
                                columns=["sample_id", "split", "degraded", "annotation"])
     ds = ds.filter(expr=col("split") == split)
-    if limit is not None:
-        ds = ds.limit(limit)
+    if limit is not None:  # the same spread subset every stage reads (read_table's `limit`)
+        keep = set(read_table(root, [split], ["sample_id"], limit, storage)
+                   .column("sample_id").to_pylist())
+        ds = ds.filter(lambda row: row["sample_id"] in keep)
     ds = ds.map_batches(add_targets, fn_kwargs={"mode": mode}, batch_format="numpy",
                         batch_size=64).select_columns(["sample_id", "degraded", "annotation",
                                                        "target"]).materialize()

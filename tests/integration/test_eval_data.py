@@ -88,3 +88,18 @@ def test_written_dataset_reads_back(tmp_path):
     assert sorted(t.column("split").to_pylist()) == ["ood", "ood", "test", "test"]
     samples = list(iter_samples(str(root), ["ood"]))
     assert all(s.degraded.shape == (64, 64, 3) and s.annotation["degradations"] for s in samples)
+
+
+def test_read_table_limit_is_a_spread_subset_not_a_prefix(tmp_path):
+    from dutrain.data.dataset import read_table
+    root = write_dataset(tmp_path / "ds", {"train": 60}, size=32)
+    full = read_table(str(root), ["train"], ["sample_id", "source_id"])
+    sub = read_table(str(root), ["train"], ["sample_id", "source_id"], limit=12)
+    ids = sub.column("sample_id").to_pylist()
+    assert len(ids) == 12 and ids == sorted(ids) and set(ids) < set(full.column("sample_id").to_pylist())
+    assert ids != full.column("sample_id").to_pylist()[:12]  # not the first rows by id
+    # the first 12 by id come from one or two photos; the subset spreads over more of them
+    assert len(set(sub.column("source_id").to_pylist())) > len(set(
+        full.column("source_id").to_pylist()[:12]))
+    assert read_table(str(root), ["train"], ["sample_id"], limit=12).column(
+        "sample_id").to_pylist() == ids  # deterministic
