@@ -1,25 +1,43 @@
-"""The demo recipe learns: a CI-sized `dutrain sft` run with workflows/configs/sft/demo.yaml
-beats the untrained model on held-out (test-split) images by a margin measured on 2 cores."""
+"""The demo recipe learns: a CI-sized `dutrain sft` run with the demo YAMLs (fixture `demo_sft`)
+beats the untrained model on held-out (test-split) images, and the types it has learned at that
+size are recognised well above their share of the test set (issue 9's per-type floor; the
+types not yet learned are listed in NOT_YET)."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+
 import pytest
 
-from dutrain.config import load_config
-from dutrain.config.generate import GenerateConfig
-from dutrain.config.sft import SFTConfig
-from dutrain.data.dataset import read_table
-from dutrain.data.generate import generate
+from dutrain.data.dataset import decode_png, read_table
 from dutrain.evaluate.metrics import score_sample, split_metrics
 from dutrain.models import load_model, load_processor, resolve_model
 from dutrain.sft.loop import generate_completions
-from dutrain.sft.run import run
 
-DEMO = "workflows/configs/sft/demo.yaml"
+TEST_ROWS = 240
+# Measured on 2 cores with the fixture's CI-sized run (seeded end to end), 240 test images:
+# format 1.00 (untrained 0.00), type accuracy 0.371; recall vs prior share: haze 0.73 / 0.15,
+# rain 0.27 / 0.11, low light 0.83 / 0.12, downsample 0.74 / 0.10, Gaussian noise 0.46 / 0.09.
+LEARNED = ("haze", "rain", "low_light", "downsample", "gaussian_noise")
+# Not yet above their prior at CI size (issue 9 is open; the full demo run learns Poisson noise
+# and JPEG/clean/Gaussian blur a little, motion and defocus blur not at all): measured recall
+# clean 0.11, Gaussian/motion/defocus blur 0.00, Poisson noise 0.00, JPEG 0.03.
+NOT_YET = ("clean", "gaussian_blur", "motion_blur", "defocus_blur", "poisson_noise", "jpeg")
+
+
+def type_priors(rows) -> dict[str, float]:
+    """Each type's share of the test rows: the recall of a guesser that draws answers from the
+    label distribution, the floor every type must beat."""
+    counts: Counter[str] = Counter()
+    for r in rows:
+        ann = json.loads(r["annotation"]) if isinstance(r["annotation"], str) else r["annotation"]
+        types = {d["type"] for d in ann["degradations"]} or {"clean"}
+        counts.update(types)
+    return {t: c / len(rows) for t, c in counts.items()}
 
 
 def _test_metrics(model_dir, rows) -> dict[str, float]:
-    from dutrain.data.dataset import decode_png
     comps = generate_completions(load_model(model_dir), load_processor(model_dir),
                                  [decode_png(r["degraded"]) for r in rows], max_new_tokens=320)
     return split_metrics("test", [score_sample(r["sample_id"], "test", c, r["annotation"])
@@ -27,23 +45,18 @@ def _test_metrics(model_dir, rows) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_demo_recipe_learns_format_and_types(ray_local, tmp_path, project_root):
-    data = tmp_path / "ds"
-    generate(load_config(GenerateConfig, project_root / "workflows/configs/generate/demo.yaml",
-                         overrides=[f"output={data}", "samples=480", "image_size=64",
-                                    "progress=false", "tracking.enabled=false",
-                                    "ood_fraction=0"]))
-    cfg = load_config(SFTConfig, project_root / DEMO, overrides=[
-        f"dataset={data}", f"output={tmp_path / 'sft'}", "max_steps=250", "warmup_steps=10",
-        "batch_size=8", "eval_every=250", "checkpoint_every=250", "final_eval_samples=0",
-        "val_samples=16", "tracking.enabled=false"])
-    assert run(cfg) == 0
-    rows = read_table(str(data), ["test"], ["sample_id", "degraded", "annotation"],
-                      limit=64).to_pylist()
-    trained = _test_metrics(tmp_path / "sft" / "final", rows)
-    untrained = _test_metrics(resolve_model("tiny", tiny=cfg.tiny.spec()), rows)
-    print({"trained": trained, "untrained": untrained})
-    # measured on 2 cores (250 steps, 64-px crops): format 0.80 vs 0.00, type F1 0.38 vs 0.00
+def test_demo_recipe_learns_format_and_types_above_their_prior(demo_sft):
+    rows = read_table(str(demo_sft.data), ["test"], ["sample_id", "degraded", "annotation"],
+                      limit=TEST_ROWS).to_pylist()
+    trained = _test_metrics(demo_sft.model, rows)
+    untrained = _test_metrics(resolve_model("tiny", tiny=demo_sft.cfg.tiny.spec()), rows)
+    prior = type_priors(rows)
+    recall = {t: trained.get(f"test/type_recall/{t}", 0.0) for t in prior}
+    print({"trained": trained, "untrained": untrained, "prior": prior})
+    assert set(prior) == set(LEARNED) | set(NOT_YET)  # every type (and clean) is in the test set
     assert untrained["test/format_valid"] == 0.0
-    assert trained["test/format_valid"] >= 0.6
-    assert trained["test/type_f1"] >= untrained["test/type_f1"] + 0.25
+    assert trained["test/format_valid"] >= 0.9
+    assert trained["test/type_exact"] >= 0.3
+    below = {t: (round(recall[t], 3), round(prior[t], 3)) for t in LEARNED
+             if recall[t] < 1.5 * prior[t]}
+    assert not below, f"learned types below 1.5x their prior (recall, prior): {below}"
