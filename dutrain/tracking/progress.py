@@ -58,17 +58,20 @@ def step_progress(total: int, desc: str, enabled: bool = True, show: tuple[str, 
     stop = threading.Event()
     bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
 
+    def refresh() -> None:
+        try:
+            step, metrics = ray.get(actor.latest.remote(), timeout=interval)
+        except Exception:  # noqa: BLE001 - a missed refresh is harmless
+            return
+        shown = {k.replace("/", "_"): f"{metrics[k]:.4g}" for k in show if k in metrics}
+        if shown:
+            bar.set_postfix(shown, refresh=False)
+        bar.update(max(0, step - bar.n))
+        bar.refresh()
+
     def watch() -> None:
         while not stop.wait(interval):
-            try:
-                step, metrics = ray.get(actor.latest.remote(), timeout=interval)
-            except Exception:  # noqa: BLE001 - a missed refresh is harmless
-                continue
-            bar.update(max(0, step - bar.n))
-            shown = {k.split("/")[-1]: f"{metrics[k]:.4g}" for k in show if k in metrics}
-            if shown:
-                bar.set_postfix(shown, refresh=False)
-            bar.refresh()
+            refresh()
 
     t = threading.Thread(target=watch, name=desc + "-progress", daemon=True)
     t.start()
@@ -77,10 +80,6 @@ def step_progress(total: int, desc: str, enabled: bool = True, show: tuple[str, 
     finally:
         stop.set()
         t.join(interval * 2)
-        try:
-            step, _ = ray.get(actor.latest.remote(), timeout=interval)
-            bar.update(max(0, step - bar.n))
-        except Exception:  # noqa: BLE001
-            pass
+        refresh()  # the last posts, however short the run
         bar.close()
         ray.kill(actor)

@@ -107,24 +107,29 @@ def test_async_gives_the_same_signal_with_bounded_staleness(ray_local, dataset, 
     assert _gain(r_async) >= 0.5 * _gain(r_sync) and _gain(r_async) >= 0.1, (r_async, r_sync)
 
 
-def test_resume_reproduces_the_next_steps(ray_local, sync_run, tmp_path):
+def _resume_from_step_4(dataset: str, out: str, *extra: str) -> tuple[list[dict], str]:
+    """Resume the toy run from the checkpoint of step 4 already at `out`; (history, final)."""
     from dutrain.rl.controller import Controller, prepare
 
-    cfg0, hist0 = sync_run[0], sync_run[1]
-    out = tmp_path / "resumed"
-    shutil.copytree(Path(cfg0.output) / "checkpoints" / "step_000004",
-                    out / "checkpoints" / "step_000004")
     cfg = load_config(RLConfig, overrides=TOY + [
-        f"dataset={cfg0.dataset}", f"output={out}", "resume=true", "eval_every=0",
-        "tracking.enabled=false"])
+        f"dataset={dataset}", f"output={out}", "resume=true", "eval_every=0",
+        "tracking.enabled=false", *extra])
     inputs = prepare(cfg)
     assert inputs.resume_state["step"] == 4
     ctl = Controller(cfg, inputs)
     try:
         ctl.start()
-        hist = ctl.fit()
+        return ctl.fit(), ctl.save_final()
     finally:
         ctl.shutdown()
+
+
+def test_resume_reproduces_the_next_steps(ray_local, sync_run, tmp_path):
+    cfg0, hist0 = sync_run[0], sync_run[1]
+    out = tmp_path / "resumed"
+    shutil.copytree(Path(cfg0.output) / "checkpoints" / "step_000004",
+                    out / "checkpoints" / "step_000004")
+    hist, _ = _resume_from_step_4(cfg0.dataset, str(out))
     assert len(hist) == STEPS - 4
     for i, m in enumerate(hist):
         step = 4 + i
@@ -139,25 +144,12 @@ def test_checkpoints_on_s3_resume_the_run(ray_local, sync_run, s3_env):
     and the controller its state; the resumed steps match the uninterrupted run."""
     import s3fs
 
-    from dutrain.rl.controller import Controller, prepare
-
     cfg0, hist0 = sync_run[0], sync_run[1]
     out = f"s3://{s3_env['bucket']}/rl"
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_env["endpoint"]})
     fs.put(str(Path(cfg0.output) / "checkpoints" / "step_000004"),
            f"{out}/checkpoints/step_000004".removeprefix("s3://"), recursive=True)
-    cfg = load_config(RLConfig, overrides=TOY + [
-        f"dataset={cfg0.dataset}", f"output={out}", "resume=true", "eval_every=0",
-        "checkpoint_every=1", "tracking.enabled=false"])
-    inputs = prepare(cfg)
-    assert inputs.resume_state["step"] == 4
-    ctl = Controller(cfg, inputs)
-    try:
-        ctl.start()
-        hist = ctl.fit()
-        final = ctl.save_final()
-    finally:
-        ctl.shutdown()
+    hist, final = _resume_from_step_4(cfg0.dataset, out, "checkpoint_every=1")
     assert [m["reward/total"] for m in hist] == pytest.approx(hist0["reward/total"][4:], abs=1e-6)
     fs.invalidate_cache()
     assert fs.exists(f"{out}/checkpoints/step_000006".removeprefix("s3://"))

@@ -52,7 +52,8 @@ def test_two_workers_loss_falls_checkpoints_load_and_run_is_tracked(data, tmp_pa
     assert run(cfg) == 0
     # rank 0's steps reach the driver's progress bar (workers themselves do not print)
     err = capfd.readouterr().err
-    assert "sft: 100%" in err and "30/30" in err and "loss=" in err, err[-2000:]
+    assert "sft: 100%" in err and "30/30" in err and "train_loss=" in err, err[-2000:]
+    assert "val_loss=" in err, err[-2000:]
 
     c, runs = _run_of(mlflow_server, out)
     assert len(runs) == 1
