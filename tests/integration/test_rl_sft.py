@@ -1,6 +1,6 @@
 """From the SFT demo checkpoint, a short RL run raises the held-out reward (issue 5).
 
-Starts from the session's CI-sized demo SFT run (fixture `demo_sft`, tests/integration/conftest.py)
+Starts from the session's CI-sized demo SFT run (fixture `demo_sft`, tests/conftest.py)
 with the RL demo YAML, and compares the held-out mean `total` reward (val prompts, policy samples
 at the rollout temperature) before the first and after the last step. Measured on 2 cores:
 0.298 → 0.398 after 30 steps (16 val prompts x 8 samples); asserted: a gain of at least MARGIN.
