@@ -26,10 +26,22 @@ _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/
 MASK = "***"
 
 
+def _environ() -> dict[str, str]:
+    """A snapshot of os.environ. Iterating it raises KeyError when another thread removes a
+    variable meanwhile (MLflow's telemetry thread does, at start-up): retry, never skip."""
+    for _ in range(100):
+        try:
+            return dict(os.environ)
+        except (KeyError, RuntimeError):
+            continue
+    return dict(os.environ)
+
+
 def secret_values() -> list[str]:
     """Current values of the secret variables (long enough to be worth masking)."""
-    vals = {os.environ.get(k, "") for k in SECRET_ENV_VARS}
-    vals |= {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and v}
+    env = _environ()
+    vals = {env.get(k, "") for k in SECRET_ENV_VARS}
+    vals |= {v for k, v in env.items() if _SECRET_NAME.search(k) and v}
     return sorted((v for v in vals if len(v) >= 6), key=len, reverse=True)
 
 
