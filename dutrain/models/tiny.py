@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -168,13 +168,16 @@ def _model_config(spec: TinySpec, tokenizer: Any) -> Any:
     return cfg
 
 
-def dct_patch_filters(n_filters: int, embed_dim: int, patch: int, temporal: int = 2) -> Any:
+def dct_patch_filters(n_filters: int, embed_dim: int, patch: int, temporal: int = 2,
+                      extra_luma: Sequence[Any] = ()) -> Any:
     """Conv3d weights [embed_dim, 3, temporal, patch, patch]: `n_filters` orthonormal 2-D
     DCT-II bases in the first rows, zeros after (those dims are left for band energies).
 
     One eighth of the filters see chroma (R-G, B-(R+G)/2) at the lowest frequencies, the rest
     luma at frequencies spread from DC to the highest. The DC filter is scaled down and the
     others up so texture responses are not swamped by brightness after a LayerNorm.
+    `extra_luma` ([patch, patch] filters, at most half the luma ones) take the places of the
+    last, highest-frequency luma bases.
     """
     import torch
 
@@ -191,8 +194,11 @@ def dct_patch_filters(n_filters: int, embed_dim: int, patch: int, temporal: int 
     w = torch.zeros(embed_dim, 3, temporal, patch, patch, dtype=torch.float64)
     luma = torch.tensor([1.0, 1.0, 1.0]) / 3
     chroma = [torch.tensor([1.0, -1.0, 0.0]) / 2, torch.tensor([-0.5, -0.5, 1.0]) / 1.5]
-    for e, (u, v) in enumerate(luma_f):
-        b = basis1d[u][:, None] * basis1d[v][None, :] * (0.25 if u == v == 0 else 2.0)
+    bases = [basis1d[u][:, None] * basis1d[v][None, :] * (0.25 if u == v == 0 else 2.0)
+             for u, v in luma_f]
+    for i, f in enumerate(list(extra_luma)[:n_luma // 2]):
+        bases[n_luma - 1 - i] = f
+    for e, b in enumerate(bases):
         w[e] = luma[:, None, None, None] * b / temporal
     for j in range(n_chroma):
         u, v = freqs[j // 2]
@@ -241,14 +247,9 @@ def init_dct_tower(model: Any, spec: TinySpec) -> None:
     half = e // 2
     a, b = 2.0, 0.5
     with torch.no_grad():
-        w = dct_patch_filters(half, e, spec.patch_size)
-        if spec.patch_init == "dct_block":  # they replace the last (highest) luma DCT bases
-            blocks = block_boundary_filters(spec.patch_size)
-            n_luma = half - max(1, half // 8)
-            for i, f in enumerate(blocks[:n_luma // 2]):
-                w[n_luma - 1 - i] = (torch.ones(3, dtype=torch.float64)[:, None, None, None] / 3
-                                     * f / w.shape[2]).float()
-        vis.patch_embed.proj.weight.copy_(w)
+        blocks = block_boundary_filters(spec.patch_size) if spec.patch_init == "dct_block" else ()
+        vis.patch_embed.proj.weight.copy_(
+            dct_patch_filters(half, e, spec.patch_size, extra_luma=blocks))
         mlp = vis.blocks[0].mlp
         mlp.fc1.weight[:2 * half].zero_()
         mlp.fc1.bias[:2 * half].zero_()

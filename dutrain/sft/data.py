@@ -71,7 +71,7 @@ def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: in
     if limit is not None:  # the same spread subset every stage reads (read_table's `limit`)
         keep = set(read_table(root, [split], ["sample_id"], limit, storage)
                    .column("sample_id").to_pylist())
-        ds = ds.filter(lambda row: row["sample_id"] in keep)
+        ds = ds.filter(expr=col("sample_id").is_in(sorted(keep)))
     ds = ds.map_batches(add_targets, fn_kwargs={"mode": mode}, batch_format="numpy",
                         batch_size=64).select_columns(["sample_id", "degraded", "annotation",
                                                        "target"]).materialize()

@@ -66,3 +66,14 @@ def test_dct_block_init_builds_and_keeps_the_energy_half_free(tokenizer):
     w = model.model.visual.patch_embed.proj.weight
     assert torch.count_nonzero(w[32:]) == 0
     assert torch.isfinite(w).all() and float(w[:32].flatten(1).norm(dim=1).min()) > 0.1
+
+
+def test_sft_config_accepts_exactly_the_patch_inits_the_builder_knows():
+    # the config validates before any worker starts, so its choices must track PATCH_INITS
+    from dutrain.config import ConfigError, load_config
+    from dutrain.config.sft import SFTConfig
+    from dutrain.models.tiny import PATCH_INITS
+    for p in PATCH_INITS:
+        assert load_config(SFTConfig, overrides=[f"tiny.patch_init={p}"]).tiny.patch_init == p
+    with pytest.raises(ConfigError, match="patch_init"):
+        load_config(SFTConfig, overrides=["tiny.patch_init=wavelet"])
