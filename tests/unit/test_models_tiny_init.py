@@ -77,3 +77,19 @@ def test_sft_config_accepts_exactly_the_patch_inits_the_builder_knows():
         assert load_config(SFTConfig, overrides=[f"tiny.patch_init={p}"]).tiny.patch_init == p
     with pytest.raises(ConfigError, match="patch_init"):
         load_config(SFTConfig, overrides=["tiny.patch_init=wavelet"])
+
+
+def test_merger_starts_as_the_mean_of_each_feature_over_its_patch_group(tokenizer):
+    spec = TinySpec(patch_size=16, vision_embed_dim=64, patch_init="dct")
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(_model_config(spec, tokenizer))
+    init_dct_tower(model, spec)
+    merger = model.model.visual.merger
+    x = torch.randn(8, 64) * 3  # 8 patches = 2 merge groups of 2×2
+    with torch.no_grad():
+        out = merger(x)
+        want = merger.ln_q(x).view(2, 4, 64).mean(1)
+    assert out.shape == (2, spec.hidden_size)
+    n = min(64, spec.hidden_size)
+    assert torch.allclose(out[:, :n], want[:, :n], atol=1e-5)  # GELU(z) - GELU(-z) = z exactly
+    assert torch.count_nonzero(out[:, n:]) == 0

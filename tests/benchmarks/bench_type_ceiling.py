@@ -1,0 +1,162 @@
+"""How separable are the degradation types on held-out photos? Reference classifiers trained on
+a dataset's train split and scored on its test split, next to linear probes of the *untrained*
+tiny vision tower for each `patch_init`. Prints JSON.
+
+    .venv/bin/python tests/benchmarks/bench_type_ceiling.py --dataset runs/demo/data [--test 800]
+
+- `features_gbm`: gradient boosting on hand-made features (the reasoning cues of
+  `dutrain.degrade.cues`, the log power spectrum in 12 radial × 4 orientation bins, 8×8
+  blockiness, noise by brightness, intensity percentiles): a strong classical reference;
+  `photos_curve` retrains it on n of the train+val photos (3 random draws each);
+- `dct16_linear`: logistic regression on the mean |DCT| of all 256 luma coefficients of the
+  16×16 patches (the information a patch-16 tower can expose by rectifying coefficients),
+  raw and log;
+- `tower_probe/<init>`: logistic regression on the mean and std over image tokens of the tiny
+  model's vision output (what the language model receives) before any training; sizes from
+  the demo sft config (`--sft-config`).
+One degradation or none per sample is assumed (the demo setting); the type of a chain is its
+first stage. Accuracies are exact-type accuracy; `recall` is per type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from dutrain.data.dataset import decode_png, read_table
+from dutrain.degrade.cues import measure_cues
+from dutrain.schema import CLEAN, TYPES
+
+LABELS = (CLEAN, *TYPES)
+
+
+def load(root: str, split: str, limit: int | None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    t = read_table(root, [split], ["sample_id", "degraded", "annotation"], limit=limit)
+    images = [decode_png(b) for b in t.column("degraded").to_pylist()]
+    labels = []
+    for a in t.column("annotation").to_pylist():
+        chain = json.loads(a)["degradations"]
+        labels.append(LABELS.index(chain[0]["type"]) if chain else 0)
+    photos = [s.split(":")[0] for s in t.column("sample_id").to_pylist()]
+    return images, np.array(labels), photos
+
+
+def hand_features(rgb: np.ndarray) -> list[float]:
+    g = rgb.astype(np.float64).mean(2) / 255
+    h, w = g.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    yy, xx = yy - h // 2, xx - w // 2
+    radius = np.sqrt(yy ** 2 + xx ** 2) / (min(h, w) / 2)
+    rbin = np.minimum((radius * 12).astype(int), 11)
+    abin = ((np.degrees(np.arctan2(yy, xx)) % 180 + 22.5) // 45).astype(int) % 4
+    power = np.abs(np.fft.fftshift(np.fft.fft2((g - g.mean()) * np.outer(np.hanning(h),
+                                                                         np.hanning(w))))) ** 2
+    spectrum = [np.log(power[(rbin == r) & (abin == a)].mean() + 1e-12)
+                for r in range(12) for a in range(4)]
+    dh, dv = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
+    block = [dh[:, 7::8].mean() / (dh.mean() + 1e-9), dv[7::8].mean() / (dv.mean() + 1e-9)]
+    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+    dark = g[1:-1, 1:-1] < np.median(g)
+    n_dark, n_bright = np.median(np.abs(lap[dark])) if dark.any() else 0.0, np.median(np.abs(lap[~dark]))
+    rows = g.mean(1)
+    chroma = np.abs(rgb[..., 0] / 255 - rgb[..., 1] / 255).mean()
+    return (spectrum + list(measure_cues(rgb).values()) + block
+            + [n_dark, n_bright, np.log(n_bright + 1e-6) - np.log(n_dark + 1e-6),
+               rows[: h // 4].mean() - rows[-h // 4:].mean(), g.std(), chroma]
+            + list(np.percentile(g, [1, 5, 25, 50, 75, 95, 99])))
+
+
+def dct16_features(rgb: np.ndarray, patch: int = 16) -> np.ndarray:
+    from scipy.fft import dctn
+    g = rgb.astype(np.float64).mean(2) / 255
+    h, w = (s - s % patch for s in g.shape)
+    p = g[:h, :w].reshape(h // patch, patch, w // patch, patch).transpose(0, 2, 1, 3)
+    c = np.abs(dctn(p.reshape(-1, patch, patch), axes=(1, 2), norm="ortho"))
+    return np.concatenate([c.mean(0).ravel(), [g.mean(), g.std()]])
+
+
+def score(pred: np.ndarray, y: np.ndarray) -> dict:
+    return {"accuracy": round(float((pred == y).mean()), 3),
+            "recall": {LABELS[k]: round(float((pred[y == k] == k).mean()), 2)
+                       for k in range(len(LABELS)) if (y == k).any()}}
+
+
+def linear(train: np.ndarray, ytr: np.ndarray, test: np.ndarray, yte: np.ndarray) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    sc = StandardScaler().fit(train)
+    clf = LogisticRegression(max_iter=3000).fit(sc.transform(train), ytr)
+    return score(clf.predict(sc.transform(test)), yte)
+
+
+def gbm(train: np.ndarray, ytr: np.ndarray, test: np.ndarray, yte: np.ndarray) -> dict:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    return score(HistGradientBoostingClassifier(max_iter=200, random_state=0)
+                 .fit(train, ytr).predict(test), yte)
+
+
+def tower_features(sft_config: str, init: str, images: list[np.ndarray]) -> np.ndarray:
+    import dataclasses
+
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+
+    from dutrain.config import load_config
+    from dutrain.config.sft import SFTConfig
+    from dutrain.models.tiny import tiny_model
+    spec = load_config(SFTConfig, sft_config).tiny.spec()
+    path = tiny_model(dataclasses.replace(spec, patch_init=init))
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path, use_safetensors=True).eval()
+    proc = AutoProcessor.from_pretrained(path)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), 256):
+            chunk = [Image.fromarray(a) for a in images[i:i + 256]]
+            enc = proc.image_processor(images=chunk, return_tensors="pt")
+            e = model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
+            e = getattr(e, "pooler_output", e).reshape(len(chunk), -1, model.config.text_config.hidden_size)
+            out.append(torch.cat([e.mean(1), e.std(1)], 1).numpy())
+    return np.concatenate(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="runs/demo/data")
+    ap.add_argument("--test", type=int, default=800, help="test rows (a spread subset)")
+    ap.add_argument("--inits", default="random,dct,dct_block")
+    ap.add_argument("--sft-config", default="workflows/configs/sft/demo.yaml",
+                    help="the tiny model's sizes are read from this sft config")
+    args = ap.parse_args()
+    t0 = time.time()
+    tr, ytr, ptr = load(args.dataset, "train", None)
+    va, yva, pva = load(args.dataset, "val", None)
+    te, yte, _ = load(args.dataset, "test", args.test)
+    out: dict = {"dataset": args.dataset, "train_rows": len(tr), "test_rows": len(te),
+                 "train_photos": len(set(ptr)), "majority_share": round(float(np.bincount(yte).max() / len(yte)), 3)}
+    Htr, Hva, Hte = (np.array([hand_features(a) for a in s]) for s in (tr, va, te))
+    out["features_gbm"] = gbm(Htr, ytr, Hte, yte)
+    X, y, photos = np.concatenate([Htr, Hva]), np.concatenate([ytr, yva]), np.array(ptr + pva)
+    rng, names, curve = np.random.default_rng(0), sorted(set(ptr + pva)), {}
+    for n in range(3, len(names) + 1, 3):
+        accs = [gbm(X[m], y[m], Hte, yte)["accuracy"]
+                for m in (np.isin(photos, rng.choice(names, n, replace=False)) for _ in range(3))]
+        curve[n] = round(float(np.mean(accs)), 3)
+    out["photos_curve"] = curve
+    Dtr, Dte = np.array([dct16_features(a) for a in tr]), np.array([dct16_features(a) for a in te])
+    out["dct16_linear"] = linear(Dtr, ytr, Dte, yte)
+    out["dct16_log_linear"] = linear(np.log(Dtr + 1e-4), ytr, np.log(Dte + 1e-4), yte)
+    for init in args.inits.split(","):
+        out[f"tower_probe/{init}"] = linear(tower_features(args.sft_config, init, tr), ytr,
+                                             tower_features(args.sft_config, init, te), yte)
+    out["seconds"] = round(time.time() - t0, 1)
+    json.dump(out, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()
