@@ -3,8 +3,10 @@
 Starts from the session's CI-sized demo SFT run (fixture `demo_sft`, tests/conftest.py)
 with the RL demo YAML, and compares the held-out mean `total` reward (val prompts, policy samples
 at the rollout temperature) before the first and after the last step. Measured on 2 cores
-(32 val prompts x 8 samples, the demo YAML's learner lr 2e-4): 0.312 → 0.360 (20 steps) →
-0.369 (40 steps); with the earlier lr 5e-5: 0.312 → 0.305. Asserted: a gain of at least MARGIN.
+(32 val prompts x 8 samples) with learner lr 2e-4: 0.312 → 0.360 (20 steps) → 0.369 (40 steps);
+with the demo YAML's lr 5e-5 this CI-sized model does not move in 40 steps (0.312 → 0.305), and
+the full-sized demo model diverges at 2e-4 (docs/rl.md), so the test sets LR itself.
+Asserted: a gain of at least MARGIN.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dutrain.config import load_config
 from dutrain.config.rl import RLConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS, PROMPTS, MARGIN = 40, 32, 0.03
+STEPS, PROMPTS, LR, MARGIN = 40, 32, 2e-4, 0.03
 
 
 @pytest.mark.slow
@@ -26,8 +28,8 @@ def test_rl_from_sft_raises_the_heldout_reward(demo_sft, tmp_path):
 
     cfg = load_config(RLConfig, ROOT / "workflows/configs/rl/demo.yaml", [
         f"model={demo_sft.model}", f"dataset={demo_sft.data}", f"output={tmp_path}",
-        f"steps={STEPS}", f"eval_every={STEPS}", f"eval_prompts={PROMPTS}", "checkpoint_every=0",
-        "tracking.enabled=false"])
+        f"steps={STEPS}", f"eval_every={STEPS}", f"eval_prompts={PROMPTS}", f"learner.lr={LR}",
+        "checkpoint_every=0", "tracking.enabled=false"])
     logged: list[dict[str, float]] = []
     ctl = Controller(cfg, prepare(cfg), log=lambda m, step: logged.append(m))
     try:
