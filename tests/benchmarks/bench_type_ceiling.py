@@ -39,8 +39,10 @@ from dutrain.schema import CLEAN, TYPES
 LABELS = (CLEAN, *TYPES)
 
 
-def load(root: str, split: str, limit: int | None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
-    t = read_table(root, [split], ["sample_id", "degraded", "annotation"], limit=limit)
+def load(root: str, split: str | None, limit: int | None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """Degraded images, type labels and photo ids of one split (all splits if None)."""
+    t = read_table(root, [split] if split else None, ["sample_id", "degraded", "annotation"],
+                   limit=limit)
     images = [decode_png(b) for b in t.column("degraded").to_pylist()]
     labels = []
     for a in t.column("annotation").to_pylist():
@@ -170,12 +172,8 @@ def dead_leaves_rows(n_images: int, samples: int, workdir: str) -> tuple[list[np
     generate(load_config(GenerateConfig, "workflows/configs/generate/demo.yaml", overrides=[
         f"output={out}", f"sources=[{src}]", f"samples={samples}", "ood_fraction=0",
         "progress=false", "tracking.enabled=false"]))
-    images, labels = [], []
-    for split in ("train", "val", "test"):  # synthetic: every split may train
-        im, y, _ = load(str(out), split, None)
-        images += im
-        labels.append(y)
-    return images, np.concatenate(labels)
+    images, labels, _ = load(str(out), None, None)  # synthetic: every split may train
+    return images, labels
 
 
 def main() -> None:
