@@ -34,7 +34,7 @@ import numpy as np
 
 from dutrain.data.dataset import decode_png, read_table
 from dutrain.degrade.cues import measure_cues
-from dutrain.schema import CLEAN, TYPES
+from dutrain.schema import CLEAN, TYPES, types_of
 
 LABELS = (CLEAN, *TYPES)
 
@@ -44,10 +44,8 @@ def load(root: str, split: str | None, limit: int | None) -> tuple[list[np.ndarr
     t = read_table(root, [split] if split else None, ["sample_id", "degraded", "annotation"],
                    limit=limit)
     images = [decode_png(b) for b in t.column("degraded").to_pylist()]
-    labels = []
-    for a in t.column("annotation").to_pylist():
-        chain = json.loads(a)["degradations"]
-        labels.append(LABELS.index(chain[0]["type"]) if chain else 0)
+    labels = [LABELS.index((types_of(json.loads(a)) or [CLEAN])[0])
+              for a in t.column("annotation").to_pylist()]
     photos = [s.split(":")[0] for s in t.column("sample_id").to_pylist()]
     return images, np.array(labels), photos
 

@@ -13,6 +13,7 @@ import pytest
 from dutrain.data.dataset import decode_png, read_table
 from dutrain.evaluate.metrics import score_sample, split_metrics
 from dutrain.models import load_model, load_processor, resolve_model
+from dutrain.schema import CLEAN, types_of
 from dutrain.sft.loop import generate_completions
 
 TEST_ROWS = 240
@@ -32,7 +33,7 @@ def type_priors(rows) -> dict[str, float]:
     counts: Counter[str] = Counter()
     for r in rows:
         ann = json.loads(r["annotation"]) if isinstance(r["annotation"], str) else r["annotation"]
-        types = {d["type"] for d in ann["degradations"]} or {"clean"}
+        types = set(types_of(ann)) or {CLEAN}
         counts.update(types)
     return {t: c / len(rows) for t, c in counts.items()}
 
