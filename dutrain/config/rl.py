@@ -45,6 +45,9 @@ class LearnerConfig:
                           choices=("auto", "gloo", "nccl"))
     dtype: str = option("float32", "parameter dtype of the policy", choices=DTYPES)
     lr: float = option(1e-5, "AdamW learning rate", min=0)
+    warmup_steps: int = option(0, "linear learning-rate warm-up over the first N optimiser steps "
+                               "(a cold AdamW's first step moves every weight by ~lr whatever "
+                               "its gradient: docs/rl.md)", min=0)
     weight_decay: float = option(0.0, "AdamW weight decay", min=0)
     grad_clip: float = option(1.0, "max global gradient norm (0: no clipping)", min=0)
     micro_batch_size: int = option(8, "sequences per forward/backward on one learner", min=1)

@@ -107,3 +107,22 @@ def test_kl_term_pulls_towards_the_reference(kl):
     # zero advantage: only the KL acts; the policy is above the reference → gradient positive
     loss, grad, stats = _loss([-0.5], [0.0], logp_ref=torch.tensor([-1.0]), kl_coef=kl)
     assert grad.item() > 0 and stats["kl"].item() > 0
+
+
+def test_warmup_follows_the_optimiser_step_count_across_a_resume():
+    from dutrain.rl.learner import set_warmup_lr
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=1.0)
+    lrs = []
+    for _ in range(3):
+        lrs.append(set_warmup_lr(opt, 1e-3, 4))
+        (w * torch.tensor([1e-6, 1.0, 1e3])).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    resumed = torch.optim.AdamW([torch.nn.Parameter(w.detach().clone())], lr=1.0)
+    resumed.load_state_dict(opt.state_dict())
+    lrs += [set_warmup_lr(resumed, 1e-3, 4), set_warmup_lr(resumed, 1e-3, 4)]
+    assert lrs == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3])
+    assert resumed.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert set_warmup_lr(torch.optim.AdamW([w], lr=1.0), 1e-3, 0) == pytest.approx(1e-3)
