@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dutrain.data.procedural import parse_spec
 from dutrain.schema import TYPES
 
 from .common import RayConfig, StorageConfig, TrackingConfig
@@ -13,7 +14,8 @@ class GenerateConfig:
     output: str = option("runs/data/demo", "dataset root: a local directory or s3://bucket/prefix")
     sources: list[str] = option(default_factory=lambda: ["builtin"], doc=(
         "clean images: local directories (recursive), s3://bucket/prefix, a .txt file listing "
-        "paths/URIs (one per line), or 'builtin' (scikit-image's photos, offline)"))
+        "paths/URIs (one per line), 'builtin' (scikit-image's photos, offline) or 'dead_leaves:N' "
+        "(N procedural images, always in the train split)"))
     samples: int = option(2000, "total rows to write (all splits, ood included)", min=1)
     image_size: int = option(128, "side of the square crops, px (smaller sources are rejected)",
                              min=16, max=8192)
@@ -52,7 +54,13 @@ class GenerateConfig:
     def validate(self) -> None:
         if not self.sources:
             raise ConfigError("bad value for 'sources': [] (allowed: a non-empty list of local "
-                              "directories, s3://bucket/prefix, .txt lists or 'builtin')")
+                              "directories, s3://bucket/prefix, .txt lists, 'builtin' or "
+                              "'dead_leaves:N')")
+        for spec in self.sources:
+            try:
+                parse_spec(str(spec))
+            except ValueError as exc:
+                raise ConfigError(f"bad value for 'sources': {exc}") from None
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"bad values for 'val_fraction' + 'test_fraction': "
                               f"{self.val_fraction} + {self.test_fraction} (allowed: sum < 1, "

@@ -38,7 +38,7 @@ from .dataset import COLUMNS, parquet_dataset, read_table
 from .decode import Rejected, check_size
 from .plan import PlanError, plan_crops, plan_shards, shard_name, split_of
 from .shard import run_shard
-from .sources import SourceError, SourceRef, list_sources, load_source
+from .sources import SourceError, SourceRef, list_sources, load_source, train_only
 from .storage import filesystem, is_remote, s3_options
 
 PLAN_FILE = "_plan.json"
@@ -203,7 +203,8 @@ def build_plan(ray: Any, cfg: GenerateConfig, params: dict[str, Any], fp: str,
     rejects = [{"source_id": p["source_id"], "uri": p["uri"], "reason": p["reason"]}
                for p in probed if p["reason"]]
     for p in usable:
-        p["split"] = split_of(p["source_id"], cfg.val_fraction, cfg.test_fraction)
+        p["split"] = "train" if train_only(p["uri"]) else split_of(
+            p["source_id"], cfg.val_fraction, cfg.test_fraction)
     try:
         crops = plan_crops({p["source_id"]: p["split"] for p in usable}, cfg.samples,
                            cfg.ood_fraction, cfg.variants_per_crop, cfg.seed)

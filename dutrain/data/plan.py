@@ -6,6 +6,7 @@ number of workers, so a restarted run rebuilds exactly the plan it was interrupt
 - split: a source's split comes from a hash of its `source_id` alone (not of the seed, not of
   the other sources): u = first 8 bytes of sha256(source_id) / 2**64; u < test_fraction → test,
   u < test_fraction + val_fraction → val, else train. Adding images never moves a source.
+  (Procedural sources are always train: `generate` sets that, `sources.train_only`.)
 - ood: `ood` rows are extra crops of test-split sources with one key drawn outside its train
   range, so an ood image is never seen in training and neither is its value.
 - crops: the in-distribution rows (samples − ood rows) are cut into crops of

@@ -9,7 +9,9 @@ it, so it must not depend on the machine):
 - a single image file → its file name;
 - ``list.txt`` → each line as written, without ``s3://`` or a leading ``/`` (blank lines and
   ``#`` comments skipped; relative paths are relative to the list's folder);
-- ``builtin`` → ``builtin/<name>`` for the photos scikit-image ships (no network).
+- ``builtin`` → ``builtin/<name>`` for the photos scikit-image ships (no network);
+- ``dead_leaves:N`` → ``dead_leaves/00000`` … for N procedural images (`procedural.py`); they
+  are always in the train split (`train_only`): the held-out splits measure photos.
 Only files with an image extension are listed; the decoder judges their content.
 """
 
@@ -24,6 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .decode import Rejected, decode_image
+from .procedural import DEAD_LEAVES, dead_leaves, parse_spec
 from .storage import filesystem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
@@ -98,11 +101,17 @@ def list_one(spec: str, storage: Any = None) -> list[SourceRef]:
     spec = str(spec)
     if spec == BUILTIN:
         return [SourceRef(f"{BUILTIN}/{n}", f"{BUILTIN}:{n}") for n in BUILTIN_IMAGES]
+    try:
+        procedural = parse_spec(spec)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    if procedural is not None:
+        return [SourceRef(f"{DEAD_LEAVES}/{i:05d}", f"{DEAD_LEAVES}:{i}") for i in range(procedural)]
     if spec.startswith("s3://"):
         return _list_file(spec, storage) if spec.endswith(".txt") else _list_s3(spec, storage)
     if "://" in spec:
         raise SourceError(f"source {spec!r}: unsupported scheme (allowed: local paths, s3://, "
-                          f"'builtin')")
+                          f"'builtin', '{DEAD_LEAVES}:N')")
     if os.path.isdir(spec):
         return _list_dir(spec)
     if os.path.isfile(spec) and spec.endswith(".txt"):
@@ -110,7 +119,7 @@ def list_one(spec: str, storage: Any = None) -> list[SourceRef]:
     if os.path.isfile(spec) and _is_image(spec):
         return [SourceRef(os.path.basename(spec), os.path.abspath(spec))]
     raise SourceError(f"source {spec!r} is not a directory, an image file, an s3:// prefix, a .txt "
-                      f"list of URIs or 'builtin'")
+                      f"list of URIs, 'builtin' or '{DEAD_LEAVES}:N'")
 
 
 def list_sources(specs: Iterable[str], storage: Any = None) -> list[SourceRef]:
@@ -159,8 +168,15 @@ def load_builtin(name: str) -> tuple[np.ndarray, str]:
     return to_rgb_uint8(img), ("gray->rgb" if img.ndim == 2 else "")
 
 
+def train_only(uri: str) -> bool:
+    """Procedural sources always train: a held-out split made of them would not measure photos."""
+    return uri.startswith(f"{DEAD_LEAVES}:")
+
+
 def load_source(uri: str, storage: Any, max_pixels: int) -> tuple[np.ndarray, str]:
     """(RGB uint8 image, conversion note) of one source; raises Rejected with the reason."""
     if uri.startswith(f"{BUILTIN}:"):
         return load_builtin(uri.split(":", 1)[1])
+    if train_only(uri):
+        return dead_leaves(int(uri.split(":", 1)[1])), ""
     return decode_image(read_bytes(uri, storage), max_pixels)

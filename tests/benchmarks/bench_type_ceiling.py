@@ -14,8 +14,8 @@ tiny vision tower for each `patch_init`. Prints JSON.
 - `tower_probe/<init>`: logistic regression on the mean and std over image tokens of the tiny
   model's vision output (what the language model receives) before any training; sizes from
   the demo sft config (`--sft-config`);
-- with `--dead-leaves N`: N procedural "dead leaves" clean images (occluding disks with
-  power-law radii, slightly softened and textured) go through `dutrain generate` with the demo
+- with `--dead-leaves N`: the `dead_leaves:N` generate source (N procedural images, occluding
+  disks with power-law radii, `dutrain/data/procedural.py`) through `dutrain generate` with the demo
   generate config, and `features_gbm` is retrained on the photos plus those rows
   (`dead_leaves_gbm`) and on those rows alone (`dead_leaves_only_gbm`) — is a procedural source
   a lever for more distinct training content?
@@ -129,48 +129,18 @@ def tower_features(sft_config: str, init: str, images: list[np.ndarray]) -> np.n
     return np.concatenate(out)
 
 
-def dead_leaves(seed: int, size: int = 512, n: int = 6000) -> np.ndarray:
-    """A dead-leaves image: disks with radii drawn from p(r) ∝ r^-3 in [2, 120] px, each
-    occluding the earlier ones, random colours (grey in 30 % of images), a faint smooth texture
-    and a slight blur, so it is neither flatter nor sharper than a photo."""
-    from scipy.ndimage import gaussian_filter
-    rng = np.random.default_rng(seed)
-    img = np.zeros((size, size, 3), np.float32) + rng.uniform(0, 1, 3)
-    yy, xx = np.mgrid[0:size, 0:size]
-    rmin, rmax = 2.0, 120.0
-    radii = (rmin ** -2 - rng.uniform(0, 1, n) * (rmin ** -2 - rmax ** -2)) ** -0.5
-    grey = rng.uniform() < 0.3
-    for r in radii:
-        cy, cx = rng.uniform(-rmax / 2, size + rmax / 2, 2)
-        y0, y1 = int(max(0, cy - r)), int(min(size, cy + r + 1))
-        x0, x1 = int(max(0, cx - r)), int(min(size, cx + r + 1))
-        if y0 >= y1 or x0 >= x1:
-            continue
-        inside = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
-        img[y0:y1, x0:x1][inside] = np.full(3, rng.uniform()) if grey else rng.uniform(0, 1, 3) ** 1.5
-    texture = gaussian_filter(rng.standard_normal((size, size)), rng.uniform(0.8, 3))[..., None]
-    img = img + rng.uniform(0, 0.04) * texture / (texture.std() + 1e-9)
-    img = gaussian_filter(img, (rng.uniform(0.3, 1.2),) * 2 + (0,))
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
 def dead_leaves_rows(n_images: int, samples: int, workdir: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Rows of `dutrain generate` on the `dead_leaves:N` source alone (all train split)."""
     from pathlib import Path
-
-    from PIL import Image
 
     from dutrain.config import load_config
     from dutrain.config.generate import GenerateConfig
     from dutrain.data.generate import generate
-    src = Path(workdir) / "dead_leaves"
-    src.mkdir()
-    for i in range(n_images):
-        Image.fromarray(dead_leaves(i)).save(src / f"dl{i:03d}.png")
     out = Path(workdir) / "data"
     generate(load_config(GenerateConfig, "workflows/configs/generate/demo.yaml", overrides=[
-        f"output={out}", f"sources=[{src}]", f"samples={samples}", "ood_fraction=0",
-        "progress=false", "tracking.enabled=false"]))
-    images, labels, _ = load(str(out), None, None)  # synthetic: every split may train
+        f"output={out}", f"sources=[dead_leaves:{n_images}]", f"samples={samples}",
+        "ood_fraction=0", "progress=false", "tracking.enabled=false"]))
+    images, labels, _ = load(str(out), "train", None)
     return images, labels
 
 

@@ -152,6 +152,29 @@ def bad_corpus(d) -> dict[str, str]:
             "small.png": "too small: 50x40", "bomb.png": "decompression-bomb guard"}
 
 
+def test_dead_leaves_rows_train_and_the_held_out_splits_stay_photos(ray_local, tmp_path):
+    """Procedural images add training content only: whatever their ids hash to, every one of
+    their rows is `train`, and val/test/ood rows come from the same photos as without them."""
+    out, photos_only = tmp_path / "mixed", tmp_path / "photos"
+    generate(config(out, "sources=[builtin,dead_leaves:20]", "samples=296"))
+    generate(config(photos_only, "samples=120"))
+    rows = read_table(str(out), columns=["source_id", "split"]).to_pylist()
+    by_split: dict[str, set[str]] = {}
+    for r in rows:
+        by_split.setdefault(r["split"], set()).add(r["source_id"])
+    procedural = {s for s in set().union(*by_split.values()) if s.startswith("dead_leaves/")}
+    assert len(procedural) == 20 and procedural <= by_split["train"]
+    ref = read_table(str(photos_only), columns=["source_id", "split"]).to_pylist()
+    for split in ("val", "test"):
+        assert by_split[split] == {r["source_id"] for r in ref if r["split"] == split}, split
+    assert by_split["ood"] <= by_split["test"]
+    # the same crop of a test photo is the same image with or without the procedural sources
+    held = [r for r in read_table(str(out)).to_pylist() if r["split"] == "test"]
+    ref_rows = {r["sample_id"]: r for r in read_table(str(photos_only)).to_pylist()}
+    shared = [r for r in held if r["sample_id"] in ref_rows]
+    assert shared and all(r["degraded"] == ref_rows[r["sample_id"]]["degraded"] for r in shared)
+
+
 def test_bad_inputs_are_rejected_with_reasons_and_never_sink_the_run(ray_local, tmp_path):
     bad = bad_corpus(tmp_path / "mixed")
     out = tmp_path / "ds"

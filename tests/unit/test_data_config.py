@@ -24,6 +24,7 @@ def test_required_keys_exist_and_defaults_are_offline():
     (["type_probs={blurr: 1}"], "bad key\\(s\\) in 'type_probs'"),
     (["type_probs={jpeg: 0}"], "at least one > 0"),
     (["sources=[]"], "non-empty list"),
+    (["sources=[builtin,dead_leaves:0]"], "'dead_leaves:0': the image count must be an integer"),
     (["image_size=4"], "image_size"),
     (["png_level=10"], "png_level"),
     (["workers=0"], "workers"),

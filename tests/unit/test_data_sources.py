@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from dutrain.data.decode import Rejected
+from dutrain.data.procedural import SIZE, dead_leaves
 from dutrain.data.sources import (BUILTIN_IMAGES, SourceError, list_sources, load_builtin,
-                                  load_source, read_bytes)
+                                  load_source, read_bytes, train_only)
 
 
 def img(path, size=(8, 8)):
@@ -70,3 +71,25 @@ def test_builtin_loads_offline_as_rgb():
 def test_missing_file_is_a_reject(tmp_path):
     with pytest.raises(Rejected, match="cannot read"):
         read_bytes(str(tmp_path / "gone.png"))
+
+
+def test_dead_leaves_spec_lists_numbered_procedural_images():
+    refs = list_sources(["builtin", "dead_leaves:3"])
+    procedural = [r for r in refs if r.source_id.startswith("dead_leaves/")]
+    assert [(r.source_id, r.uri) for r in procedural] == [
+        ("dead_leaves/00000", "dead_leaves:0"), ("dead_leaves/00001", "dead_leaves:1"),
+        ("dead_leaves/00002", "dead_leaves:2")]
+    assert [train_only(r.uri) for r in refs].count(True) == 3
+    for bad in ("dead_leaves:0", "dead_leaves:-2", "dead_leaves:ten", "dead_leaves:"):
+        with pytest.raises(SourceError, match="image count must be an integer"):
+            list_sources([bad])
+
+
+def test_dead_leaves_load_like_photos_and_depend_on_the_index_only():
+    a, note = load_source("dead_leaves:7", None, 10 ** 8)
+    assert a.shape == (SIZE, SIZE, 3) and a.dtype == np.uint8 and note == ""
+    assert np.array_equal(a, dead_leaves(7)) and not np.array_equal(a, dead_leaves(8))
+    # photo-like: many grey levels, edges, not flat and not noise
+    grey = a.astype(np.float32).mean(axis=2)
+    assert len(np.unique(a)) > 100 and grey.std() > 20
+    assert np.abs(np.diff(grey, axis=1)).mean() < 0.25 * grey.std()
