@@ -4,7 +4,10 @@ Each stage runs in this process through its verb's own runner, as a child MLflow
 pipeline run (`DUTRAIN_PARENT_RUN_ID`), on the one Ray cluster the pipeline opened. A stage that
 finishes writes `workdir/.pipeline/<stage>.json` (its resolved config hash and outputs); a rerun
 skips stages whose marker matches their config, so only changed or forced stages (and the
-stages after them) run again. A failing stage stops the pipeline with its name and exit code.
+stages after them) run again. A stage interrupted earlier continues (generate's unfinished plan,
+sft/rl checkpoints) only if it had the same config and its inputs were not redone; otherwise it
+starts afresh (`FRESH_START`), so a changed config never fails on, or resumes from, old outputs.
+A failing stage stops the pipeline with its name and exit code.
 """
 
 from __future__ import annotations
@@ -118,6 +121,45 @@ def is_complete(cfg: PipelineConfig, job: StageJob) -> bool:
         return False
 
 
+#: how a verb starts afresh instead of continuing what its output already holds
+FRESH_START = {"generate": {"overwrite": True}, "sft": {"resume": False}, "rl": {"resume": False}}
+
+
+def _started(cfg: PipelineConfig, job: StageJob) -> Path:
+    return Path(cfg.workdir) / ".pipeline" / f"{job.label}.started"
+
+
+def _recorded_hash(cfg: PipelineConfig, job: StageJob) -> str | None:
+    """Config hash of the stage's last run in this workdir (started or finished), if any."""
+    if _started(cfg, job).is_file():
+        return _started(cfg, job).read_text().strip()
+    try:
+        return json.loads(_marker(cfg, job).read_text()).get("config_hash")
+    except (OSError, ValueError):
+        return None
+
+
+def _finished_output(job: StageJob) -> bool:
+    """generate's output already holds the finished dataset of this very config (its markers
+    were lost, or it was made outside the pipeline): nothing to redo."""
+    if job.verb != "generate":
+        return False
+    from dutrain.data.generate import is_finished
+    return is_finished(job.config)
+
+
+def _fresh_if_stale(cfg: PipelineConfig, job: StageJob, must: bool) -> StageJob:
+    """The job to run. Its output may hold an earlier run: continue it (an unfinished dataset, a
+    checkpoint) only when that run had this very config and its inputs have not been redone;
+    otherwise start afresh — a changed config must neither fail on the old output nor resume a
+    stale checkpoint."""
+    recorded = _recorded_hash(cfg, job)
+    if job.verb in FRESH_START and recorded is not None and (must or recorded != _hash(job)):
+        return StageJob(job.stage, job.label, job.verb,
+                        replace(job.config, **FRESH_START[job.verb]))
+    return job
+
+
 def _mark(cfg: PipelineConfig, job: StageJob, seconds: float) -> None:
     m = _marker(cfg, job)
     m.parent.mkdir(parents=True, exist_ok=True)
@@ -160,13 +202,17 @@ def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None =
                 if job.stage == "compare":
                     job = _compare_evals(job, pipeline_id(cfg))
                 must = STAGES.index(job.stage) >= redo_from
-                if not must and is_complete(cfg, job):
+                if not must and (is_complete(cfg, job) or _finished_output(job)):
                     results[job.label] = {"status": "skipped (complete)", "seconds": 0.0}
                     print(f"[pipeline] {job.label}: complete, skipped", flush=True)
                     continue
                 print(f"[pipeline] {job.label}: running `dutrain {job.verb}`", flush=True)
+                started = _started(cfg, job)
+                run_job = _fresh_if_stale(cfg, job, must)
+                started.parent.mkdir(parents=True, exist_ok=True)
+                started.write_text(_hash(job))
                 t0 = time.monotonic()
-                code = runner(job.verb, job.config)
+                code = runner(run_job.verb, run_job.config)
                 dt = time.monotonic() - t0
                 code = int(code or 0) if not isinstance(code, dict) else 0
                 if code != 0:

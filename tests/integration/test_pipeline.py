@@ -78,8 +78,26 @@ def test_pipeline_end_to_end_rerun_and_secret_hygiene(tmp_path):
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
     assert second.stdout.count("complete, skipped") == 8, second.stdout
 
+    # A changed stage config reruns that stage and every later one from scratch: generate
+    # replaces its finished dataset (it refuses to without overwrite), sft and rl do not resume
+    # the previous run's checkpoints.
+    third = _run(args + ["generate.samples=200", "rl.steps=1"], tmp_path, env)
+    assert third.returncode == 0, (third.stdout + third.stderr)[-6000:]
+    assert "complete, skipped" not in third.stdout, third.stdout
+    card = json.loads((tmp_path / "work/data/dataset_card.json").read_text())
+    assert card["counts"]["rows"] == 200
+    latest = client.search_runs([exp.experiment_id], "tags.dutrain.stage = 'pipeline'",
+                                order_by=["start_time DESC"])[0]
+    kids = {r.data.tags["dutrain.stage"]: r for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{latest.info.run_id}'")}
+    # trained from step 0 again (a resumed run would start at its last checkpoint, step 12)
+    loss_steps = [m.step for m in client.get_metric_history(kids["sft"].info.run_id, "train/loss")]
+    assert loss_steps == [12], loss_steps
+    assert [m.step for m in client.get_metric_history(kids["rl"].info.run_id,
+                                                      "reward/total")] == [1]
+
     # No trace of the planted secret anywhere we wrote.
-    assert SECRET not in out and SECRET not in second.stdout + second.stderr
+    assert SECRET not in out and SECRET not in second.stdout + second.stderr + third.stdout
     for path in [db, *tmp_path.rglob("*")]:
         if path.is_file() and path.stat().st_size < 50_000_000:
             assert SECRET.encode() not in path.read_bytes(), f"secret leaked into {path}"
