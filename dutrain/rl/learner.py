@@ -110,10 +110,8 @@ def set_warmup_lr(opt: Any, lr: float, warmup_steps: int) -> float:
     cold AdamW's first step moves every weight by about `lr` whatever its gradient's size
     (m̂/√v̂ = ±1); on the demo model that moved some digit log-probs by 13 nats (docs/rl.md).
     """
-    from dutrain.sft.loop import lr_factor
-
     done = max((int(st["step"]) for st in opt.state.values() if "step" in st), default=0)
-    now = lr * lr_factor(done, warmup_steps, done + 1, 1.0)
+    now = lr * min(1.0, (done + 1) / warmup_steps) if warmup_steps else lr
     for group in opt.param_groups:
         group["lr"] = now
     return now
