@@ -6,6 +6,10 @@ Per split (keys ``{split}/{metric}``):
 - ``type_f1``: micro F1 over (sample, type) labels incl. ``clean``; ``type_f1/{type}`` per type;
 - ``type_recall/{type}``: share of the samples that hold a type whose prediction names it (per-type
   accuracy: with one degradation per sample it is the type's row of the confusion matrix);
+- ``type_recall_{mild,medium,strong}/{type}``: that recall within the thirds of the type's train
+  range of its strength parameter (`DegradationSpec.severity`; OOD values fall in the outer
+  thirds): says whether misses are degradations too faint to see or ones a model should catch;
+  ``type_recall_{mild,medium,strong}`` pools the degraded samples of every type;
 - ``key_acc``: mean of the `key` reward;
 - ``value_nmae``: mean over matched, answered keys of min(1, |v̂ - v| / width) (= 1 - `value`
   per key), and ``value_nmae/{type}.{key}`` per key;
@@ -30,6 +34,12 @@ from dutrain.schema import CLEAN, TAXONOMY, TYPES
 MISSED = "missed"
 #: confusion-matrix row for a predicted type that pairs with no true type
 EXTRA = "extra"
+#: thirds of a type's strength range, mildest first
+STRENGTH_BANDS = ("mild", "medium", "strong")
+
+
+def strength_band(type_name: str, params: Mapping[str, float]) -> str:
+    return STRENGTH_BANDS[min(2, int(TAXONOMY[type_name].severity(params) * 3))]
 
 
 @dataclass
@@ -86,6 +96,7 @@ def split_metrics(split: str, scored: Iterable[Scored]) -> dict[str, float]:
     out["format_valid"] = sum(r.scores["format"] for r in rows) / n
     out["type_exact"] = sum(r.answer.types == r.true_types for r in rows) / n
     tp, fp, fn = Counter(), Counter(), Counter()
+    banded: dict[str, list[bool]] = defaultdict(list)  # "{band}/{type}" -> hit per sample
     for r in rows:
         pred, true = r.answer.types, r.true_types
         for t in pred & true:
@@ -94,6 +105,8 @@ def split_metrics(split: str, scored: Iterable[Scored]) -> dict[str, float]:
             fp[t] += 1
         for t in true - pred:
             fn[t] += 1
+        for t, params in r.reference.items():
+            banded[f"{strength_band(t, params)}/{t}"].append(t in pred)
     out["type_f1"] = _f1(sum(tp.values()), sum(fp.values()), sum(fn.values())) or 0.0
     for t in (CLEAN, *TYPES):
         f1 = _f1(tp[t], fp[t], fn[t])
@@ -101,6 +114,13 @@ def split_metrics(split: str, scored: Iterable[Scored]) -> dict[str, float]:
             out[f"type_f1/{t}"] = f1
         if tp[t] + fn[t]:
             out[f"type_recall/{t}"] = tp[t] / (tp[t] + fn[t])
+    for band in STRENGTH_BANDS:
+        pooled = [h for t in TYPES for h in banded.get(f"{band}/{t}", [])]
+        if pooled:
+            out[f"type_recall_{band}"] = sum(pooled) / len(pooled)
+        for t in TYPES:
+            if hits := banded.get(f"{band}/{t}"):
+                out[f"type_recall_{band}/{t}"] = sum(hits) / len(hits)
     out["key_acc"] = sum(r.scores["key"] for r in rows) / n
     errs: dict[str, list[float]] = defaultdict(list)
     within: list[bool] = []

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from dutrain.schema import TAXONOMY
 
-from .metrics import Scored, confusion_labels
+from .metrics import STRENGTH_BANDS, Scored, confusion_labels
 
 SUMMARY_COLUMNS = (("n", "n", "{:.0f}"), ("format_valid", "format", "{:.3f}"),
                    ("type_exact", "type=", "{:.3f}"), ("type_f1", "type F1", "{:.3f}"),
@@ -55,6 +55,17 @@ def markdown_report(system: str, dataset: str, splits: Sequence[str], metrics: M
                _md_table(["type", *[f"{s} {m}" for s in splits for m in ("F1", "recall")]],
                          [[t, *[_cell(metrics, f"{s}/type_{m}/{t}", "{:.3f}")
                                 for s in splits for m in ("f1", "recall")]] for t in types]), ""]
+    banded = [t for t in types if any(f"{s}/type_recall_{b}/{t}" in metrics
+                                      for s in splits for b in STRENGTH_BANDS)]
+    if banded:
+        md += ["## Recall by strength (thirds of the type's train range, mildest first)", "",
+               _md_table(["type", *[f"{s} {b}" for s in splits for b in STRENGTH_BANDS]],
+                         [[t, *[_cell(metrics, f"{s}/type_recall_{b}/{t}", "{:.2f}")
+                                for s in splits for b in STRENGTH_BANDS]] for t in banded]
+                         + [["all types", *[_cell(metrics, f"{s}/type_recall_{b}", "{:.2f}")
+                                            for s in splits for b in STRENGTH_BANDS]]]),
+               "", "A type missed mostly in its mild third is one the image barely shows; misses in "
+                   "the strong third are the model's.", ""]
     keys = sorted({k.split("/", 2)[2] for k in metrics if "/value_nmae/" in k},
                   key=lambda tk: [f"{d.type}.{p.key}" for d in TAXONOMY.values()
                                   for p in d.params].index(tk))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Mapping
 
 Number = int | float
 
@@ -127,10 +128,21 @@ class DegradationSpec:
     stage_name: str
     doc: str
     params: tuple[ParamSpec, ...] = field(default_factory=tuple)
+    #: (key, +1 or -1): the parameter that sets how visible the degradation is, and whether a
+    #: larger value makes it stronger (+1) or weaker (-1); read by `severity`
+    strength: tuple[str, int] = ("", 1)
 
     @property
     def keys(self) -> tuple[str, ...]:
         return tuple(p.key for p in self.params)
+
+    def severity(self, params: Mapping[str, float]) -> float:
+        """Position of `params[strength key]` in its train range, 0 = mildest, 1 = strongest
+        (clipped: OOD values count as 0 or 1)."""
+        key, sign = self.strength
+        lo, hi = self.param(key).train
+        u = (float(params[key]) - lo) / (hi - lo)
+        return min(1.0, max(0.0, u if sign > 0 else 1.0 - u))
 
     def param(self, key: str) -> ParamSpec:
         for p in self.params:
@@ -149,40 +161,40 @@ _TYPES = [
     DegradationSpec("haze", 1, "scene", "Atmospheric scattering with depth 1 - y/(H-1).", (
         P("beta", "1/depth", "scattering coefficient per unit depth", (0.2, 2.5), (2.5, 3.5), 0.1),
         P("airlight", "intensity", "atmospheric light A (0-1)", (0.6, 0.95), (0.95, 1.0), 0.05),
-    )),
+    ), strength=("beta", 1)),
     DegradationSpec("rain", 2, "scene", "Bright anti-aliased line streaks.", (
         P("density", "streaks/10k px", "streaks per 10,000 pixels", (1, 20), (20, 40), 1),
         P("length", "px", "streak length", (5, 30), (30, 50), 1),
         P("angle", "deg", "degrees from vertical", (-30, 30), (-45, 45), 5),
-    )),
+    ), strength=("density", 1)),
     DegradationSpec("gaussian_blur", 3, "optics", "Separable Gaussian PSF.", (
         P("sigma", "px", "standard deviation of the PSF", (0.4, 4.0), (4.0, 6.0), 0.1),
-    )),
+    ), strength=("sigma", 1)),
     DegradationSpec("motion_blur", 3, "optics", "Linear motion PSF.", (
         P("length", "px", "length of the motion path", (3, 25), (25, 41), 1),
         P("angle", "deg", "direction, degrees in [0, 180), 0 = horizontal", (0, 175), (0, 175), 5,
           period=180.0),
-    )),
+    ), strength=("length", 1)),
     DegradationSpec("defocus_blur", 3, "optics", "Anti-aliased disk PSF.", (
         P("radius", "px", "disk radius", (1.0, 6.0), (6.0, 9.0), 0.5),
-    )),
+    ), strength=("radius", 1)),
     DegradationSpec("low_light", 4, "exposure", "I = exposure * J**gamma.", (
         P("exposure", "gain", "linear gain", (0.15, 0.8), (0.05, 0.15), 0.05),
         P("gamma", "exponent", "tone-curve exponent", (1.2, 3.0), (3.0, 4.0), 0.1),
-    )),
+    ), strength=("exposure", -1)),
     DegradationSpec("downsample", 5, "sampling", "Bicubic down then up to the original size.", (
         P("scale", "factor", "linear down-sampling factor", (0.25, 0.9), (0.15, 0.25), 0.05),
-    )),
+    ), strength=("scale", -1)),
     DegradationSpec("gaussian_noise", 6, "sensor", "Additive white Gaussian noise.", (
         P("sigma", "DN (0-255)", "noise standard deviation on the 0-255 scale", (2, 50), (50, 75), 1),
-    )),
+    ), strength=("sigma", 1)),
     DegradationSpec("poisson_noise", 6, "sensor", "Photon shot noise.", (
         P("peak", "photons", "photon count at white", (10, 200), (3, 10), 5, fine_below=10,
           fine_step=1),
-    )),
+    ), strength=("peak", -1)),
     DegradationSpec("jpeg", 7, "codec", "Pillow/libjpeg JPEG round trip.", (
         P("quality", "libjpeg quality", "JPEG quality factor", (15, 95), (5, 15), 1),
-    )),
+    ), strength=("quality", -1)),
 ]
 del P
 

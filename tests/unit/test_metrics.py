@@ -49,6 +49,12 @@ def test_shuffled_predictions_match_hand_computation():
     assert m["test/type_f1/clean"] == 0.0 and m["test/type_f1/gaussian_noise"] == 0.0
     assert m["test/type_recall/jpeg"] == m["test/type_recall/haze"] == pytest.approx(0.5)
     assert m["test/type_recall/clean"] == m["test/type_recall/gaussian_noise"] == 0.0
+    # strength thirds: R2 jpeg q35 strong, R4 jpeg q50 and both hazes medium, noise sigma 10 mild
+    banded = {k.split("/", 1)[1]: v for k, v in m.items() if "/type_recall_" in k}
+    assert banded == {"type_recall_strong/jpeg": 1.0, "type_recall_medium/jpeg": 0.0,
+                      "type_recall_medium/haze": 0.5, "type_recall_mild/gaussian_noise": 0.0,
+                      "type_recall_strong": 1.0, "type_recall_medium": 1 / 3,
+                      "type_recall_mild": 0.0}
     assert m["test/key_acc"] == pytest.approx(0.5)
     e_q, e_b, e_a = 15 / 80, 0.2 / 2.3, 0.1 / 0.35
     assert m["test/value_nmae/jpeg.quality"] == pytest.approx(e_q)
@@ -100,3 +106,5 @@ def test_report_and_summary_show_the_numbers():
     assert "0.333" in table and "test" in table
     md = markdown_report("sys", "/d", ["test"], m, {"test": confusion(s)}, ["a note"], {})
     assert "| jpeg.quality | 0.188 |" in md and "- a note" in md and "missed" in md
+    assert "| haze | – | 0.50 | – |" in md and "| jpeg | – | 0.00 | 1.00 |" in md
+    assert "| all types | 0.00 | 0.33 | 1.00 |" in md

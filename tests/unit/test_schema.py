@@ -142,6 +142,21 @@ def test_taxonomy_matches_design():
     assert param_spec("haze", "beta").grid_for("ood")[0] == 2.6
 
 
+@pytest.mark.parametrize("t", TYPES)
+def test_severity_spans_the_train_range_and_ood_is_the_strong_side(t):
+    spec = TAXONOMY[t]
+    key, _ = spec.strength
+    p = spec.param(key)
+    base = {q.key: q.grid()[0] for q in spec.params}
+    train = [v for v in p.grid() if p.train[0] <= v <= p.train[1]]
+    sev = [spec.severity({**base, key: v}) for v in train]
+    assert min(sev) == 0.0 and max(sev) == 1.0 and all(0.0 <= s <= 1.0 for s in sev)
+    assert sev == sorted(sev) or sev == sorted(sev, reverse=True)  # monotone in the value
+    # DESIGN.md puts every OOD range beyond the strong end: the sign agrees with it
+    assert all(spec.severity({**base, key: v}) == 1.0 for v in p.grid_for("ood")
+               if not p.train[0] < v < p.train[1])
+
+
 def test_json_schema_accepts_valid_and_rejects_invalid():
     import jsonschema
     schema = answer_json_schema()
