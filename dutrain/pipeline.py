@@ -176,11 +176,13 @@ def pipeline_id(cfg: PipelineConfig) -> str:
 
 
 def _compare_evals(job: StageJob, pid: str) -> StageJob:
-    """compare selects this pipeline's eval runs (unless its section selects runs itself)."""
+    """compare selects this pipeline's eval runs, the newest of each eval stage (reruns log them
+    again under the same names), unless its section selects runs itself."""
     if job.config.runs or job.config.filter:
         return job
     tags = list(job.config.tags or ["dutrain.stage=eval"]) + [f"dutrain.pipeline={pid}"]
-    return StageJob(job.stage, job.label, job.verb, replace(job.config, tags=tags))
+    return StageJob(job.stage, job.label, job.verb,
+                    replace(job.config, tags=tags, latest_per_name=True))
 
 
 def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None = None) -> dict:

@@ -21,6 +21,9 @@ class CompareConfig:
     ignore_params: list[str] = option(default_factory=lambda: ["tracking.run_name", "output"],
                                       doc="params never shown")
     max_runs: int = option(20, "at most this many runs (newest first) per selector", min=1)
+    latest_per_name: bool = option(False, "keep only the newest selected run of each run name "
+                                          "(the pipeline sets it: each rerun of a workdir logs "
+                                          "its eval stages again under the same names)")
     max_metrics: int = option(12, "at most this many metrics when `metrics` is empty", min=1)
     chart: str = option("bar", "chart kind: grouped bars per metric, or a line per metric "
                                "across runs", choices=("bar", "line"))

@@ -76,9 +76,10 @@ def _quote(s: str) -> str:
 
 def select_runs(client: Any, experiment_ids: Sequence[str], runs: Sequence[str] = (),
                 filter_string: str | None = None, tags: Sequence[str] = (),
-                max_runs: int = 20) -> list[Any]:
+                max_runs: int = 20, latest_per_name: bool = False) -> list[Any]:
     """Runs selected by every given selector: ids or names in `runs` (a name: the newest run of
     that name), `filter_string` and all `tags`; with no selector at all, the newest `eval` runs.
+    `latest_per_name` then keeps the newest run of each run name.
 
     Oldest first; no duplicates. Raises ValueError naming what matched nothing.
     """
@@ -114,7 +115,11 @@ def select_runs(client: Any, experiment_ids: Sequence[str], runs: Sequence[str] 
         found = {i: r for i, r in named.items() if i in ids} if runs else {h.info.run_id: h for h in hits}
         if not found:
             raise ValueError(f"no runs matched {where}" + (f" among {list(runs)}" if runs else ""))
-    return sorted(found.values(), key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    chosen = sorted(found.values(), key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    if latest_per_name:
+        chosen = list({r.info.run_name or r.info.run_id: r for r in chosen}.values())  # newer win
+        chosen.sort(key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return chosen
 
 
 def differing_params(runs: Sequence[Any], always: Sequence[str] = (),
@@ -186,7 +191,8 @@ def compare(cfg: Any) -> tuple[Comparison, Path]:
     if exp is None:
         raise ValueError(f"no MLflow experiment {cfg.tracking.experiment!r} at "
                          f"{tracking_uri(cfg.tracking.uri)}")
-    runs = select_runs(client, [exp.experiment_id], cfg.runs, cfg.filter, cfg.tags, cfg.max_runs)
+    runs = select_runs(client, [exp.experiment_id], cfg.runs, cfg.filter, cfg.tags, cfg.max_runs,
+                       cfg.latest_per_name)
     comp = Comparison(runs, differing_params(runs, cfg.params, cfg.ignore_params),
                       choose_metrics(runs, cfg.metrics, cfg.max_metrics))
     out = Path(cfg.output)

@@ -71,6 +71,21 @@ def test_compare_by_filter_and_tags(runs, tmp_path):
     assert [r["run"] for r in rows] == ["sft-only"]
 
 
+def test_latest_per_name_keeps_the_newest_run_of_each_name(mlflow_server, tmp_path):
+    exp = f"compare-{uuid.uuid4().hex[:8]}"
+    for name, f1 in (("eval-model", 0.3), ("eval-prior", 0.1), ("eval-model", 0.5)):
+        cfg = load_config(EvalConfig, overrides=[f"tracking.uri={mlflow_server}",
+                                                 f"tracking.experiment={exp}",
+                                                 f"tracking.run_name={name}"], verb="eval")
+        with stage_run(cfg, "eval") as run:
+            run.log_metrics({"test/type_f1": f1})
+    rows = _compare(mlflow_server, exp, tmp_path / "all")
+    assert [r["run"] for r in rows] == ["eval-model", "eval-prior", "eval-model"]
+    rows = _compare(mlflow_server, exp, tmp_path / "latest", "latest_per_name=true")
+    assert [(r["run"], float(r["test/type_f1"])) for r in rows] == [("eval-prior", 0.1),
+                                                                     ("eval-model", 0.5)]
+
+
 def test_compare_names_what_did_not_match(runs, tmp_path, capsys):
     uri, exp, _ = runs
     base = ["compare", f"tracking.uri={uri}", f"tracking.experiment={exp}", f"output={tmp_path}"]

@@ -7,6 +7,7 @@ MLflow store, its artifacts or the job's output.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -95,6 +96,12 @@ def test_pipeline_end_to_end_rerun_and_secret_hygiene(tmp_path):
     assert loss_steps == [12], loss_steps
     assert [m.step for m in client.get_metric_history(kids["rl"].info.run_id,
                                                       "reward/total")] == [1]
+    # compare shows this run's evals, not the first run's too (same workdir, same names)
+    with open(tmp_path / "work/compare/compare.csv") as f:
+        compared = [r["run_id"] for r in csv.DictReader(f)]
+    evals_now = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = "
+                                   f"'{latest.info.run_id}' and tags.dutrain.stage = 'eval'")
+    assert len(evals_now) == 3 and sorted(compared) == sorted(r.info.run_id for r in evals_now)
 
     # No trace of the planted secret anywhere we wrote.
     assert SECRET not in out and SECRET not in second.stdout + second.stderr + third.stdout
