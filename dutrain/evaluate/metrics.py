@@ -142,6 +142,24 @@ def split_metrics(split: str, scored: Iterable[Scored]) -> dict[str, float]:
     return {f"{split}/{k}": float(v) for k, v in out.items()}
 
 
+def source_of(sample_id: str) -> str:
+    """The source image of a sample id (``{source_id}:{crop}:{variant}``, dutrain.data.plan)."""
+    return sample_id.rsplit(":", 2)[0]
+
+
+def by_source(scored: Iterable[Scored]) -> dict[str, dict[str, float]]:
+    """source_id -> {n, type_exact, value_nmae (when supported)}: which images are hard (a
+    source that looks degraded when clean, e.g. a microscopy image, shows up here)."""
+    groups: dict[str, list[Scored]] = defaultdict(list)
+    for r in scored:
+        groups[source_of(r.sample_id)].append(r)
+    out = {}
+    for src, rows in sorted(groups.items()):
+        m = split_metrics("s", rows)
+        out[src] = {k: m[f"s/{k}"] for k in ("n", "type_exact", "value_nmae") if f"s/{k}" in m}
+    return out
+
+
 def _key_order(type_key: str) -> int:
     t, k = type_key.split(".", 1)
     order = [f"{s.type}.{p.key}" for s in TAXONOMY.values() for p in s.params]

@@ -37,10 +37,16 @@ def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
+#: rows of the per-source table (the hardest sources first)
+MAX_SOURCE_ROWS = 20
+
+
 def markdown_report(system: str, dataset: str, splits: Sequence[str], metrics: Mapping[str, float],
                     confusions: Mapping[str, list[list[int]]], notes: Sequence[str],
-                    plots: Mapping[str, Sequence[str]]) -> str:
-    """The report: headline table, per-type F1, per-key nMAE, confusion matrices, notes, plots."""
+                    plots: Mapping[str, Sequence[str]],
+                    sources: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> str:
+    """The report: headline table, per-type F1 and recall by strength, per-key nMAE, confusion
+    matrices, per-source accuracy (`by_source`, when more than one source), notes, plots."""
     md = [f"# Evaluation of `{system}`", "", f"Dataset: `{dataset}`; splits: {', '.join(splits)}.", "",
           "## Summary", "",
           _md_table(["split", *[h for _, h, _ in SUMMARY_COLUMNS]],
@@ -83,6 +89,16 @@ def markdown_report(system: str, dataset: str, splits: Sequence[str], metrics: M
         md += [f"## Type confusion ({s}): rows true, columns predicted", "",
                _md_table(["true \\ pred", *[cols_l[j] for j in used_c]],
                          [[rows_l[i], *[str(m[i][j]) for j in used_c]] for i in used_r]), ""]
+    for s in splits:
+        per = (sources or {}).get(s) or {}
+        if len(per) < 2:
+            continue
+        hardest = sorted(per, key=lambda k: (per[k]["type_exact"], k))[:MAX_SOURCE_ROWS]
+        shown = "" if len(per) <= MAX_SOURCE_ROWS else f", the {MAX_SOURCE_ROWS} hardest of {len(per)}"
+        md += [f"## Per source image ({s}{shown})", "",
+               _md_table(["source", "n", "type=", "nMAE"],
+                         [[k, f"{per[k]['n']:.0f}", f"{per[k]['type_exact']:.3f}",
+                           _cell(per[k], "value_nmae", "{:.3f}")] for k in hardest]), ""]
     if notes:
         md += ["## Notes", "", *[f"- {n}" for n in notes], ""]
     for s in splits:

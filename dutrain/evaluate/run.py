@@ -12,7 +12,7 @@ from dutrain.config.eval import EvalConfig
 from dutrain.data.dataset import decode_png, read_table
 from dutrain.tracking import stage_run
 
-from .metrics import confusion, confusion_labels, score_sample, split_metrics
+from .metrics import by_source, confusion, confusion_labels, score_sample, split_metrics
 from .predictions import read_predictions, write_predictions
 from .report import markdown_report, notes_for, summary_table, write_plots
 
@@ -119,7 +119,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         (out / "baseline.json").write_text(json.dumps(info["baseline"], indent=1))
     plots = write_plots(scored, confusions, out) if cfg.plots else {}
     notes = notes_for(info) + [f"{s}: no rows in the dataset" for s in empty]
-    report = markdown_report(cfg.system, cfg.dataset, splits, metrics, confusions, notes, plots)
+    sources = {s: by_source(sc) for s, sc in scored.items()}
+    (out / "sources.json").write_text(json.dumps(sources, indent=1))
+    report = markdown_report(cfg.system, cfg.dataset, splits, metrics, confusions, notes, plots,
+                             sources)
     (out / "report.md").write_text(report)
     summary = summary_table(metrics, splits, cfg.system)
     (out / "summary.txt").write_text(summary + "\n")

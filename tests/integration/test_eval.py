@@ -52,6 +52,9 @@ def test_perfect_predictions_score_one_and_log_to_mlflow(dataset, tmp_path, mlfl
     for f in ("report.md", "summary.txt", "completions.jsonl", "plots/confusion_test.png",
               "plots/values_ood.png", "plots/errors_test.png"):
         assert (out / f).is_file(), f
+    per_source = json.loads((out / "sources.json").read_text())
+    assert sum(v["n"] for v in per_source["test"].values()) == 12
+    assert all(v["type_exact"] == 1.0 for v in per_source["ood"].values())
     printed = capsys.readouterr().out
     assert "test" in printed and "1.000" in printed and "report:" in printed
     client = MlflowClient(mlflow_server)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dutrain.evaluate.metrics import (EXTRA, MISSED, confusion, confusion_labels, score_sample,
-                                      split_metrics)
+from dutrain.evaluate.metrics import (EXTRA, MISSED, by_source, confusion, confusion_labels,
+                                      score_sample, source_of, split_metrics)
 from dutrain.evaluate.predictions import parse_lines
 from dutrain.evaluate.report import markdown_report, summary_table
 from dutrain.schema import render_answer
@@ -108,3 +108,19 @@ def test_report_and_summary_show_the_numbers():
     assert "| jpeg.quality | 0.188 |" in md and "- a note" in md and "missed" in md
     assert "| haze | – | 0.50 | – |" in md and "| jpeg | – | 0.00 | 1.00 |" in md
     assert "| all types | 0.00 | 0.33 | 1.00 |" in md
+
+
+def test_by_source_groups_sample_ids_by_their_image():
+    assert source_of("DIV2K/0001.png:3:1") == "DIV2K/0001.png" and source_of("a:b:0:2") == "a:b"
+    perfect = [render_answer(r, "x") for r in REFS]
+    preds = [perfect[0], perfect[1], perfect[0], perfect[3]]
+    rows = [score_sample(f"{src}:{i}:0", "test", p, r)
+            for i, (src, p, r) in enumerate(zip(["cat", "cat", "cell", "cell"], preds, REFS))]
+    per = by_source(rows)
+    assert per["cat"]["n"] == 2 and per["cat"]["type_exact"] == 1.0 and per["cat"]["value_nmae"] == 0.0
+    # cell: R3 answered clean (wrong, no matched key), R4 answered exactly
+    assert per["cell"] == {"n": 2, "type_exact": 0.5, "value_nmae": 0.0}
+    md = markdown_report("sys", "/d", ["test"], split_metrics("test", rows), {}, [], {},
+                         {"test": per})
+    table = md.split("## Per source image (test)")[1]
+    assert table.index("| cell | 2 | 0.500 |") < table.index("| cat | 2 | 1.000 | 0.000 |")
