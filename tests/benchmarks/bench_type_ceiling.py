@@ -34,6 +34,7 @@ import numpy as np
 
 from dutrain.data.dataset import decode_png, read_table
 from dutrain.degrade.cues import measure_cues
+from dutrain.evaluate.metrics import source_of
 from dutrain.schema import CLEAN, TYPES, types_of
 
 LABELS = (CLEAN, *TYPES)
@@ -46,7 +47,7 @@ def load(root: str, split: str | None, limit: int | None) -> tuple[list[np.ndarr
     images = [decode_png(b) for b in t.column("degraded").to_pylist()]
     labels = [LABELS.index((types_of(json.loads(a)) or [CLEAN])[0])
               for a in t.column("annotation").to_pylist()]
-    photos = [s.split(":")[0] for s in t.column("sample_id").to_pylist()]
+    photos = [source_of(s) for s in t.column("sample_id").to_pylist()]
     return images, np.array(labels), photos
 
 
