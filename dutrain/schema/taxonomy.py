@@ -8,7 +8,7 @@ with the grid's decimals. The valid range of a key is the union of its train and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 Number = int | float
@@ -127,10 +127,10 @@ class DegradationSpec:
     stage: int
     stage_name: str
     doc: str
-    params: tuple[ParamSpec, ...] = field(default_factory=tuple)
+    params: tuple[ParamSpec, ...]
     #: (key, +1 or -1): the parameter that sets how visible the degradation is, and whether a
     #: larger value makes it stronger (+1) or weaker (-1); read by `severity`
-    strength: tuple[str, int] = ("", 1)
+    strength: tuple[str, int]
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ TEST_ROWS = 240
 # data had dead leaves: 0.40, Gaussian noise learned too — at 400 steps the procedural rows take
 # budget from the photos; the full demo run gains from them: docs/sft.md "Fourth round".)
 LEARNED = ("haze", "rain", "low_light", "downsample")
-# Not reliably above their prior at CI size (issue 9 is open; the full demo run learns them
+# Not reliably above their prior at CI size (issue 9 is blocked; the full demo run learns them
 # partly: recall 0.26-0.65, defocus blur 0.00): measured recall clean, Gaussian/motion/defocus
 # blur and Poisson noise 0.00, Gaussian noise 0.05 (prior 0.09), JPEG 0.10 (prior 0.125).
 NOT_YET = ("clean", "gaussian_blur", "motion_blur", "defocus_blur", "gaussian_noise",
