@@ -7,7 +7,8 @@ import sys
 import textwrap
 
 from dutrain import __version__
-from dutrain.config import VERBS, ConfigError, help_rows, load_config
+from dutrain.config import VERBS, help_rows, load_config
+from dutrain.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USER, UserError
 
 USAGE = "usage: dutrain VERB [--config FILE.yaml] [key=value ...]   (dutrain VERB --help)"
 
@@ -19,7 +20,9 @@ def _main_help() -> str:
     lines += [f"  {name:<{width}}  {v.help}" for name, v in VERBS.items()]
     lines += ["", "Config: defaults ← --config FILE.yaml ← key=value overrides (dotted keys, YAML "
                   "values, e.g. sources=[builtin,/data/imgs] tracking.uri=http://127.0.0.1:5000).",
-              "Secrets (AWS_*, MLFLOW_TRACKING_TOKEN, RAY_AUTH_TOKEN) come from the environment only."]
+              "Secrets (AWS_*, MLFLOW_TRACKING_TOKEN, RAY_AUTH_TOKEN) come from the environment only.",
+              "", "exit codes (every verb):"]
+    lines += [f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()]
     return "\n".join(lines)
 
 
@@ -51,11 +54,11 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
         elif a in ("-c", "--config"):
             config = next(it, None)
             if config is None:
-                raise ConfigError("--config needs a file name")
+                raise UserError("--config needs a file name")
         elif a.startswith("--config="):
             config = a.split("=", 1)[1]
         elif a.startswith("-"):
-            raise ConfigError(f"unknown option '{a}'; options: --config FILE, --help; "
+            raise UserError(f"unknown option '{a}'; options: --config FILE, --help; "
                               f"everything else is key=value")
         else:
             overrides.append(a)
@@ -81,22 +84,30 @@ def main(argv: list[str] | None = None) -> int:
         close = difflib.get_close_matches(name, list(VERBS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"dutrain: unknown verb '{name}'{hint}; verbs: {', '.join(VERBS)}", file=sys.stderr)
-        return 2
-    verb = VERBS[name]
-    if name == "submit":  # submit forwards its own argv (a verb and that verb's overrides)
-        return int(verb.run_fn()(rest) or 0)
+        return EXIT_USER
     try:
-        config, overrides, want_help = split_args(rest)
-        if want_help:
-            print(_verb_help(name))
-            return 0
-        cfg = load_config(verb.config_class(), config, overrides, verb=name)
-    except ConfigError as exc:
-        print(f"dutrain {name}: config error: {exc}", file=sys.stderr)
-        return 2
+        return _run_verb(name, rest)
+    except UserError as exc:  # the one place a user error is printed
+        print(f"dutrain {name}: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print(f"dutrain {name}: interrupted; finished work is kept, rerun the same command to "
+              f"resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run_verb(name: str, rest: list[str]) -> int:
+    """Parse, validate and run one verb; every runner returns an exit code (int) or None (0)."""
+    verb = VERBS[name]
+    if name == "submit":  # submit reads its own --flags (a verb and that verb's overrides)
+        return int(verb.run_fn()(rest) or 0)
+    config, overrides, want_help = split_args(rest)
+    if want_help:
+        print(_verb_help(name))
+        return 0
+    cfg = load_config(verb.config_class(), config, overrides, verb=name)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    result = verb.run_fn()(cfg)
-    return int(result) if isinstance(result, int) else 0
+    return int(verb.run_fn()(cfg) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

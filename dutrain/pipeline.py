@@ -57,7 +57,7 @@ def _stage_cfg(cfg: PipelineConfig, stage: str, **changes: Any) -> Any:
 
 def store(cfg: PipelineConfig, *parts: str) -> str:
     """A path under storage_root (local or s3://), where data and checkpoints live."""
-    from dutrain.data.storage import join
+    from dutrain.io.storage import join
     return join(cfg.storage_root or cfg.workdir, *parts)
 
 
@@ -187,7 +187,7 @@ def _compare_evals(job: StageJob, pid: str) -> StageJob:
 
 def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None = None) -> dict:
     """Run the planned stages; returns {label: {"status", "seconds"}}. Raises PipelineError."""
-    from dutrain.data.cluster import ray_session
+    from dutrain.runtime.cluster import ray_session
 
     runner = runner or (lambda verb, c: VERBS[verb].run_fn()(c))
     jobs = plan(cfg)

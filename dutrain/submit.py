@@ -42,8 +42,9 @@ import dutrain
 from dutrain.config import VERBS, ConfigError, help_rows, load_config
 from dutrain.config.secrets import SECRET_ENV_VARS, redacted, scrub
 from dutrain.config.submit import DEFAULT_EXCLUDES, SubmitConfig
+from dutrain.errors import EXIT_CLUSTER, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USER
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_CLUSTER = 0, 1, 2, 3, 4
+EXIT_USAGE = EXIT_USER
 STATUS_EXIT = {"SUCCEEDED": EXIT_OK, "FAILED": EXIT_FAILED, "STOPPED": EXIT_STOPPED}
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 CONFIG_DIR = "_submit"  # where the verb's config file lands inside the shipped working dir

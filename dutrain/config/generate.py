@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dutrain.data.procedural import parse_spec
+from dutrain.degrade.procedural import parse_spec
 from dutrain.schema import TYPES
 
 from .common import RayConfig, StorageConfig, TrackingConfig

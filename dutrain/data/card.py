@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dutrain.schema import CLEAN, TAXONOMY, TYPES
 
-from .dataset import decode_png
+from dutrain.io.dataset import decode_png
 from .plan import SPLIT_ORDER
 
 

@@ -33,13 +33,13 @@ from dutrain.config.generate import GenerateConfig
 from dutrain.tracking import stage_run
 
 from .card import dataset_stats, preview_ids, render_preview
-from .cluster import forwarded_env, ray_session
-from .dataset import COLUMNS, parquet_dataset, read_table
-from .decode import Rejected, check_size
+from dutrain.runtime.cluster import forwarded_env, ray_session
+from dutrain.io.dataset import COLUMNS, parquet_dataset, read_table
+from dutrain.io.images import Rejected, check_size
 from .plan import PlanError, plan_crops, plan_shards, shard_name, split_of
 from .shard import run_shard
 from .sources import SourceError, SourceRef, list_sources, load_source, train_only
-from .storage import filesystem, is_remote, s3_options
+from dutrain.io.storage import filesystem, is_remote, s3_options
 
 PLAN_FILE = "_plan.json"
 CARD_FILE = "dataset_card.json"

@@ -25,10 +25,10 @@ from dutrain import __version__
 from dutrain.degrade import apply_chain, sample_chain
 from dutrain.schema import canonical_json
 
-from .decode import Rejected, check_size
+from dutrain.io.images import Rejected, check_size
 from .plan import Crop, derive_seed
 from .sources import load_source
-from .storage import filesystem, is_remote
+from dutrain.io.storage import filesystem, is_remote
 
 #: DESIGN.md §4, fixed
 SCHEMA = pa.schema([

@@ -25,9 +25,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .decode import Rejected, decode_image
-from .procedural import DEAD_LEAVES, dead_leaves, parse_spec
-from .storage import filesystem
+from dutrain.io.images import Rejected, decode_image
+from dutrain.degrade.procedural import DEAD_LEAVES, dead_leaves, parse_spec
+from dutrain.io.storage import filesystem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
                     ".pgm", ".pnm")

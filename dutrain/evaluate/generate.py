@@ -23,7 +23,7 @@ class _Worker:
 
     def complete(self, pngs: Sequence[bytes]) -> tuple[list[str], int]:
         """(completion texts, generated tokens) for a batch."""
-        from dutrain.data.dataset import decode_png
+        from dutrain.io.dataset import decode_png
         g = self.gen
         outs = self.engine.generate([decode_png(p) for p in pngs], n=1,
                                     temperature=g["temperature"], max_tokens=g["max_tokens"],

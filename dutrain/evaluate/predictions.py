@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from dutrain.data.storage import filesystem
+from dutrain.io.storage import filesystem
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dutrain.config.eval import EvalConfig
-from dutrain.data.dataset import decode_png, read_table
+from dutrain.io.dataset import decode_png, read_table
 from dutrain.tracking import stage_run
 
 from .metrics import by_source, confusion, confusion_labels, score_sample, split_metrics
@@ -69,7 +69,7 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
         dt = time.perf_counter() - t1
         timing["eval/samples_per_s"] = len(wanted) / dt if dt > 0 else 0.0
         return {r["sample_id"]: t for r, t in zip(wanted, texts)}, info, timing
-    from dutrain.data.cluster import ray_session
+    from dutrain.runtime.cluster import ray_session
     from dutrain.models import resolve_model
     from .generate import generate_completions
     model_dir = str(resolve_model(cfg.source, storage=cfg.storage))

@@ -29,7 +29,7 @@ def _wanted(name: str) -> bool:
 
 
 def _download_s3(uri: str, cache_dir: Path, storage: Any = None) -> Path:
-    from dutrain.data.storage import filesystem
+    from dutrain.io.storage import filesystem
 
     final = cache_dir / "models" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     if (final / "config.json").is_file():

@@ -54,7 +54,7 @@ class DiffusionModel:
 
 
 def _fetch_s3(uri: str, storage: Any = None, cache_dir: str | Path | None = None) -> Path:
-    from dutrain.data.storage import filesystem
+    from dutrain.io.storage import filesystem
 
     base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "dutrain" / "diffusion"
     final = base / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]

@@ -58,7 +58,7 @@ def read_image(path: Path) -> np.ndarray:
 def load_items(cfg: RestoreConfig) -> list[Item]:
     """The images to restore: a dataset split, a folder of images or one image file."""
     if cfg.split is not None:
-        from dutrain.data.dataset import decode_png, read_table
+        from dutrain.io.dataset import decode_png, read_table
         rows = read_table(cfg.input, [cfg.split], ["sample_id", "degraded", "clean", "annotation"],
                           cfg.limit, cfg.storage).to_pylist()
         if not rows:
@@ -128,7 +128,7 @@ def given_annotations(cfg: RestoreConfig, items: list[Item]) -> None:
 
 
 def _calibration_rows(cfg: RestoreConfig, images: bool) -> list[dict[str, Any]]:
-    from dutrain.data.dataset import read_table
+    from dutrain.io.dataset import read_table
     root = cfg.calibration or cfg.input
     cols = ["annotation"] + (["degraded"] if images else [])
     rows = read_table(root, ["train"], cols, cfg.calibration_samples if images else None,
@@ -147,7 +147,7 @@ def predicted_completions(cfg: RestoreConfig, items: list[Item]) -> list[str]:
         b = PriorBaseline.fit(json.loads(r["annotation"]) for r in _calibration_rows(cfg, False))
         return b.complete([it.degraded for it in items])
     if cfg.model == "baseline:classical":
-        from dutrain.data.dataset import decode_png
+        from dutrain.io.dataset import decode_png
         from dutrain.evaluate.baselines import ClassicalBaseline
         from dutrain.evaluate.estimators import measure
         rows = _calibration_rows(cfg, True)
@@ -156,7 +156,7 @@ def predicted_completions(cfg: RestoreConfig, items: list[Item]) -> list[str]:
         return b.complete([it.degraded for it in items])
     import io
 
-    from dutrain.data.cluster import ray_session
+    from dutrain.runtime.cluster import ray_session
     from dutrain.evaluate.generate import generate_completions
     from dutrain.models import resolve_model
     model_dir = str(resolve_model(str(cfg.model), storage=cfg.storage))

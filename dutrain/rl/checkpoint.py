@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dutrain.data.storage import filesystem, is_remote, join
+from dutrain.io.storage import filesystem, is_remote, join
 
 STATE = "state.json"
 _STEP = re.compile(r"step_(\d+)$")

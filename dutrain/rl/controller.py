@@ -63,7 +63,7 @@ class PromptSampler:
 
 def prompt_batch(table: Any, rows: list[int]) -> Batch:
     """Decoded prompts: the image and, for the reward, its reference annotation."""
-    from dutrain.data.dataset import decode_png
+    from dutrain.io.dataset import decode_png
 
     sub = table.take(rows).to_pylist()
     return Batch({"sample_id": [r["sample_id"] for r in sub],
@@ -86,7 +86,7 @@ class RunInputs:
 def prepare(cfg: RLConfig) -> RunInputs:
     """Resolve the model, read the dataset and find the checkpoint; clear errors, no actors."""
     from dutrain.config import ConfigError
-    from dutrain.data.dataset import read_table
+    from dutrain.io.dataset import read_table
     from dutrain.models import resolve_model
 
     try:
@@ -311,14 +311,14 @@ class Controller:
         """The policy as an HF directory at `output`/final (what `dutrain eval` takes)."""
         import ray
 
-        from dutrain.data.storage import join
+        from dutrain.io.storage import join
         uri = join(self.cfg.output, "final")
         return ray.get(self.learners.actors[0].save.remote(uri, False))
 
 
 def run(cfg: RLConfig) -> int:
     """`dutrain rl`: validate, start the actor group, train, track, checkpoint."""
-    from dutrain.data.cluster import ray_session
+    from dutrain.runtime.cluster import ray_session
     from dutrain.tracking import stage_run
 
     import sys

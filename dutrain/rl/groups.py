@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from dutrain.config.rl import RLConfig
-from dutrain.data.cluster import forwarded_env
+from dutrain.runtime.cluster import forwarded_env
 
 from .batch import Batch
 from .learner import LearnerWorker

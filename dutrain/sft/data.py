@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from dutrain.data.dataset import decode_png, read_table
+from dutrain.io.dataset import decode_png, read_table
 from dutrain.schema import render_answer
 
 TARGETS = ("reasoning", "answer")
@@ -42,8 +42,8 @@ def parquet_files(root: str, storage: Any = None) -> tuple[list[str], Any]:
     """The dataset's Parquet files in a fixed (sorted) order, and the pyarrow filesystem."""
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    from dutrain.data.dataset import parquet_dataset
-    from dutrain.data.storage import filesystem
+    from dutrain.io.dataset import parquet_dataset
+    from dutrain.io.storage import filesystem
 
     files = sorted(parquet_dataset(root, storage).files)
     if not files:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dutrain.data.dataset import decode_png
+from dutrain.io.dataset import decode_png
 from dutrain.models import encode_sft
 
 STATE_FILE = "trainer_state.pt"
@@ -59,7 +59,7 @@ def save_hf(model: Any, processor: Any, out: str | os.PathLike) -> None:
 
 def publish(local_dir: str | os.PathLike, uri: str, storage: Any = None) -> None:
     """Replace `uri` (local dir or s3:// prefix) with the contents of `local_dir`."""
-    from dutrain.data.storage import filesystem, is_remote
+    from dutrain.io.storage import filesystem, is_remote
 
     if not is_remote(uri):
         dst = Path(uri)

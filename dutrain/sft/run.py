@@ -14,8 +14,8 @@ from typing import Any
 
 from dutrain.config import to_dict
 from dutrain.config.sft import SFTConfig
-from dutrain.data.cluster import ray_session
-from dutrain.data.storage import filesystem, is_remote
+from dutrain.runtime.cluster import ray_session
+from dutrain.io.storage import filesystem, is_remote
 from dutrain.tracking import stage_run, tracking_uri
 from dutrain.tracking.progress import step_progress
 

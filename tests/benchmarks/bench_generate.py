@@ -28,8 +28,8 @@ from PIL import Image
 
 from dutrain.config import load_config
 from dutrain.config.generate import GenerateConfig
-from dutrain.data.dataset import decode_png, read_table
-from dutrain.data.decode import Rejected, check_size
+from dutrain.io.dataset import decode_png, read_table
+from dutrain.io.images import Rejected, check_size
 from dutrain.data.generate import generate
 from dutrain.data.plan import plan_crops, plan_shards, shard_name, split_of
 from dutrain.data.shard import shard_rows, write_rows

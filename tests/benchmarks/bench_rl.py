@@ -52,7 +52,7 @@ def make_dataset(root: Path) -> str:
 def dutrain_run(dataset: str, out: Path, mode: str, steps: int, learners: int) -> dict:
     from dutrain.config import load_config
     from dutrain.config.rl import RLConfig
-    from dutrain.data.cluster import ray_session
+    from dutrain.runtime.cluster import ray_session
     from dutrain.rl.controller import Controller, prepare
 
     cfg = load_config(RLConfig, overrides=[
@@ -98,7 +98,7 @@ def trl_run(dataset: str, out: Path, steps: int, threads: int) -> dict:
     from transformers import AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from dutrain.data.dataset import iter_samples
+    from dutrain.io.dataset import iter_samples
     from dutrain.models import load_model, messages, resolve_model, to_pil
     from dutrain.rl.scoring import type_mention_reward
 

@@ -39,7 +39,7 @@ def make_dataset(root: Path, samples: int) -> str:
 
 
 def load_rows(root: str, n: int) -> list[dict]:
-    from dutrain.data.dataset import read_table
+    from dutrain.io.dataset import read_table
     from dutrain.sft.data import make_target
     t = read_table(root, ["train"], ["sample_id", "degraded", "annotation"], limit=n)
     return [{"sample_id": r["sample_id"], "degraded": r["degraded"],
@@ -114,7 +114,7 @@ def bench_trl(model_dir: Path, rows: list[dict], steps: int, batch: int) -> dict
     from trl import SFTConfig as TRLConfig
     from trl import SFTTrainer
 
-    from dutrain.data.dataset import decode_png
+    from dutrain.io.dataset import decode_png
     from dutrain.models import load_model, load_processor, messages, to_pil
 
     torch.manual_seed(0)

@@ -15,7 +15,7 @@ tiny vision tower for each `patch_init`. Prints JSON.
   model's vision output (what the language model receives) before any training; sizes from
   the demo sft config (`--sft-config`);
 - with `--dead-leaves N`: the `dead_leaves:N` generate source (N procedural images, occluding
-  disks with power-law radii, `dutrain/data/procedural.py`) through `dutrain generate` with the demo
+  disks with power-law radii, `dutrain/degrade/procedural.py`) through `dutrain generate` with the demo
   generate config, and `features_gbm` is retrained on the photos plus those rows
   (`dead_leaves_gbm`) and on those rows alone (`dead_leaves_only_gbm`) — is a procedural source
   a lever for more distinct training content?
@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from dutrain.data.dataset import decode_png, read_table
+from dutrain.io.dataset import decode_png, read_table
 from dutrain.degrade.cues import measure_cues
 from dutrain.evaluate.metrics import source_of
 from dutrain.schema import CLEAN, TYPES, types_of

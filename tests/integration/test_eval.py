@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from dutrain.cli import main
 from dutrain.config import load_config
 from dutrain.config.eval import EvalConfig
-from dutrain.data.dataset import read_table
+from dutrain.io.dataset import read_table
 from dutrain.evaluate.run import evaluate
 from dutrain.schema import render_answer
 from test_eval_data import write_dataset

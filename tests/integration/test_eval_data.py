@@ -82,7 +82,7 @@ def write_dataset(root: Path, per_split: Mapping[str, int], size: int = 96, seed
 
 
 def test_written_dataset_reads_back(tmp_path):
-    from dutrain.data.dataset import iter_samples, read_table
+    from dutrain.io.dataset import iter_samples, read_table
     root = write_dataset(tmp_path / "ds", {"train": 3, "test": 2, "ood": 2}, size=64)
     t = read_table(str(root), ["test", "ood"], columns=["sample_id", "split", "annotation"])
     assert sorted(t.column("split").to_pylist()) == ["ood", "ood", "test", "test"]
@@ -91,7 +91,7 @@ def test_written_dataset_reads_back(tmp_path):
 
 
 def test_read_table_limit_is_a_spread_subset_not_a_prefix(tmp_path):
-    from dutrain.data.dataset import read_table
+    from dutrain.io.dataset import read_table
     root = write_dataset(tmp_path / "ds", {"train": 60}, size=32)
     full = read_table(str(root), ["train"], ["sample_id", "source_id"])
     sub = read_table(str(root), ["train"], ["sample_id", "source_id"], limit=12)

@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 from dutrain.cli import main
-from dutrain.data.dataset import read_table
+from dutrain.io.dataset import read_table
 from dutrain.models import tiny_model
 from test_eval_data import write_dataset
 
@@ -22,7 +22,7 @@ GEN = ["generation.structured=true", "generation.max_tokens=200", "generation.ba
 _STANDALONE = textwrap.dedent('''
     import json, sys
     import pyarrow.parquet as pq
-    from dutrain.data.dataset import decode_png, read_table
+    from dutrain.io.dataset import decode_png, read_table
     from dutrain.models.engine import VLLMEngine
 
     if __name__ == "__main__":

@@ -19,7 +19,7 @@ from PIL import Image
 
 from dutrain.config import load_config
 from dutrain.config.generate import GenerateConfig
-from dutrain.data.dataset import COLUMNS, SPLITS, decode_png, read_table
+from dutrain.io.dataset import COLUMNS, SPLITS, decode_png, read_table
 from dutrain.data.generate import GenerateError, generate, is_finished, run
 from dutrain.data.shard import SCHEMA
 from dutrain.degrade import apply_chain

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dutrain.config import load_config
 from dutrain.config.generate import GenerateConfig
-from dutrain.data.dataset import COLUMNS, decode_png, read_table
+from dutrain.io.dataset import COLUMNS, decode_png, read_table
 from dutrain.data.generate import generate
 from dutrain.data.plan import split_of
 from dutrain.data.sources import load_builtin

@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data
 
 from dutrain.cli import main
-from dutrain.data.dataset import iter_samples
+from dutrain.io.dataset import iter_samples
 from dutrain.degrade import apply_chain
 from test_eval_data import write_dataset
 

@@ -27,7 +27,7 @@ OVERRIDES = ["rollout.workers=2", "rollout.cpus_per_worker=0.5", "rollout.max_to
 
 @pytest.fixture(scope="module")
 def actors(ray_local, tmp_path_factory):
-    from dutrain.data.dataset import read_table
+    from dutrain.io.dataset import read_table
 
     root = write_dataset(tmp_path_factory.mktemp("rl-data") / "ds", {"train": 16}, size=96)
     cfg = load_config(RLConfig, overrides=OVERRIDES)

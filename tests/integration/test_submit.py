@@ -165,7 +165,7 @@ def test_status_logs_and_stop_of_a_running_job(ray_head, client_env):
 
 
 def test_submit_generate_follow_succeeds_and_writes_the_dataset(ray_head, client_env, tmp_path):
-    from dutrain.data.dataset import read_table
+    from dutrain.io.dataset import read_table
     out = tmp_path / "dataset"
     cfg = tmp_path / "tiny-generate.yaml"  # outside the project: shipped inside the working dir
     cfg.write_text("samples: 16\nimage_size: 32\nvariants_per_crop: 2\nrows_per_shard: 8\n"

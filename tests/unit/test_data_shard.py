@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dutrain.data.dataset import COLUMNS, decode_png
+from dutrain.io.dataset import COLUMNS, decode_png
 from dutrain.data.plan import Crop
 from dutrain.data.shard import SCHEMA, crop_box, crop_rows, write_rows
 from dutrain.degrade import apply_chain

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dutrain.data.decode import Rejected
-from dutrain.data.procedural import SIZE, dead_leaves
+from dutrain.io.images import Rejected
+from dutrain.degrade.procedural import SIZE, dead_leaves
 from dutrain.data.sources import (BUILTIN_IMAGES, SourceError, list_sources, load_builtin,
                                   load_source, read_bytes, train_only)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dutrain.data.decode import Rejected, check_size, decode_image
+from dutrain.io.images import Rejected, check_size, decode_image
 
 BIG = 10**8
 
