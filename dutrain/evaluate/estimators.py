@@ -35,28 +35,13 @@ from scipy import ndimage as ndi
 from scipy.fft import dctn
 from scipy.special import erfinv
 
-from dutrain.degrade import measure_cues
+from dutrain.degrade import LUMA_WEIGHTS, measure_cues
+from dutrain.degrade.codec import libjpeg_luma_table
 
-_LUMA = np.array([0.299, 0.587, 0.114])
-# ITU-T T.81 Annex K luminance table (natural order), scaled by libjpeg's quality rule
-_STD_LUMA = np.array([
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113,
-    92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]).reshape(8, 8)
+_LUMA = np.array(LUMA_WEIGHTS)
 _LOW_FREQ = ((0, 0), (0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0))
 _LOW_AC = _LOW_FREQ[1:]
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-
-
-def libjpeg_luma_table(quality: int) -> np.ndarray:
-    """The 8x8 luminance quantization table libjpeg (and so Pillow) uses at `quality`.
-
-    >>> libjpeg_luma_table(50)[0, :4].tolist(), libjpeg_luma_table(90)[0, :4].tolist()
-    ([16, 11, 10, 16], [3, 2, 2, 3])
-    """
-    q = min(max(int(quality), 1), 100)
-    scale = 5000 // q if q < 50 else 200 - 2 * q
-    return np.clip((_STD_LUMA * scale + 50) // 100, 1, 255)
 
 
 _TABLES = np.stack([libjpeg_luma_table(q) for q in range(1, 101)])
@@ -226,7 +211,7 @@ def spectral_cutoff(g: np.ndarray, bands: int = 32, margin: float = 0.5) -> floa
     fy = np.abs(np.fft.fftfreq(h))[:, None]
     fx = np.abs(np.fft.fftfreq(w))[None, :]
     f = np.maximum(fy, fx) / 0.5
-    floor = np.log10((0.299 ** 2 + 0.587 ** 2 + 0.114 ** 2) / 12.0 * (win ** 2).sum())
+    floor = np.log10(sum(w ** 2 for w in LUMA_WEIGHTS) / 12.0 * (win ** 2).sum())
     idx = np.minimum((f * bands).astype(int), bands - 1)
     sums = np.bincount(idx.ravel(), p.ravel(), bands)
     counts = np.maximum(np.bincount(idx.ravel(), minlength=bands), 1)

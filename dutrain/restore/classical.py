@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from dutrain.degrade import to_float, to_rgb_uint8, to_uint8
-from dutrain.degrade.codec import jpeg_bytes
+from dutrain.degrade.codec import jpeg_bytes, libjpeg_luma_table
 from dutrain.degrade.scene import RAIN_OPACITY, segment_stamp
 from dutrain.schema import TAXONOMY, Annotation, canonicalize
 
@@ -64,24 +64,10 @@ Inverse = Callable[[np.ndarray, Mapping[str, Any], State], np.ndarray]
 
 # ------------------------------------------------------------------------------------- codec
 
-#: libjpeg's base luminance table (ITU T.81 K.1), scaled by quality as libjpeg does
-_LUMA_Q = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24,
-                    40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103,
-                    77, 24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72,
-                    92, 95, 98, 112, 100, 103, 99], dtype=np.float64)
-
-
-def jpeg_luma_table(quality: int) -> np.ndarray:
-    """libjpeg's luminance quantization table at `quality` (jpeg_quality_scaling)."""
-    q = min(max(int(quality), 1), 100)
-    scale = 5000.0 / q if q < 50 else 200.0 - 2.0 * q
-    return np.clip(np.floor((_LUMA_Q * scale + 50.0) / 100.0), 1, 255)
-
-
 def jpeg_error_sigma(quality: int) -> float:
     """Rough std (0-1 scale) of the JPEG error: 0.9·sqrt(mean luma step) DN, fitted on built-in
     images (RMSE 11.6 / 7.4 / 2.6 DN at quality 15 / 50 / 95)."""
-    return 0.9 * float(np.sqrt(jpeg_luma_table(quality).mean())) / 255.0
+    return 0.9 * float(np.sqrt(libjpeg_luma_table(quality).mean())) / 255.0
 
 
 def _jpeg_round_trip(image_uint8: np.ndarray, quality: int) -> np.ndarray:
