@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from dutrain import __version__
-from dutrain.degrade import apply_chain, sample_chain
+from dutrain.degrade import LUMA_WEIGHTS, apply_chain, sample_chain
 from dutrain.schema import canonical_json
 
 from dutrain.io.images import Rejected, check_size
@@ -39,7 +39,7 @@ SCHEMA = pa.schema([
 ])
 ROW_GROUP = 64
 _CROP_TRIES = 8
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_LUMA = np.array(LUMA_WEIGHTS, np.float32)
 
 
 class SourceChanged(RuntimeError):

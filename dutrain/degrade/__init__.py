@@ -5,13 +5,13 @@ conventions an outside program needs to re-apply an annotation are in `chain` an
 operator module's docstring.
 """
 
-from ._image import to_float, to_rgb_uint8, to_uint8
+from ._image import LUMA_WEIGHTS, to_float, to_rgb_uint8, to_uint8
 from .chain import (DEFAULT_TYPE_PROBS, REGISTRY, apply_chain, apply_operator, operator_rng,
                     sample_chain)
 from .cues import CUE_NAMES, measure_cues
 from .reasoning import write_reasoning
 
 __all__ = [
-    "CUE_NAMES", "DEFAULT_TYPE_PROBS", "REGISTRY", "apply_chain", "apply_operator", "measure_cues",
+    "CUE_NAMES", "DEFAULT_TYPE_PROBS", "LUMA_WEIGHTS", "REGISTRY", "apply_chain", "apply_operator", "measure_cues",
     "operator_rng", "sample_chain", "to_float", "to_rgb_uint8", "to_uint8", "write_reasoning",
 ]

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+#: ITU-R BT.601 luma weights of R, G, B (Y = 0.299 R + 0.587 G + 0.114 B), as JPEG uses
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
 ALLOWED_INPUT = "uint8 array of shape HxW, HxWx1, HxWx3 or HxWx4 with H, W >= 1"
 
 

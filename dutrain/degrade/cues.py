@@ -21,12 +21,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from ._image import to_rgb_uint8
+from ._image import LUMA_WEIGHTS, to_rgb_uint8
 
 CUE_NAMES = ("hf_energy", "edge_width", "noise", "blockiness", "dark_channel", "haze_gradient",
              "brightness", "contrast", "saturation", "streaks")
 
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_LUMA = np.array(LUMA_WEIGHTS, np.float32)
 _IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 _EDGE_WINDOW = 13  # the contrast of an edge is read within +-6 px of it
 

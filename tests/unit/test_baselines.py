@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import dutrain.evaluate.estimators as est
-from dutrain.degrade import apply_chain
+from dutrain.degrade import LUMA_WEIGHTS, apply_chain
 from dutrain.evaluate.baselines import ClassicalBaseline, PriorBaseline, best_threshold, prior_annotation
 from dutrain.rewards import score
 from dutrain.schema import parse_answer
@@ -69,7 +69,7 @@ def test_haze_dark_channel_tracks_beta_and_airlight():
 
 
 def test_motion_blur_direction_and_blur_width():
-    g = lambda im: im.astype(float) @ [0.299, 0.587, 0.114]  # noqa: E731
+    g = lambda im: im.astype(float) @ np.array(LUMA_WEIGHTS)  # noqa: E731
     img = apply_chain(scene(5), chain(("motion_blur", {"length": 15, "angle": 0})), 0)
     aniso, angle = est.directional_energy(g(img))
     assert aniso < est.directional_energy(g(scene(5)))[0] and angle in (0.0, 5.0, 175.0)
