@@ -23,9 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
 
+from dutrain.config import load_config
+from dutrain.config.sft import SFTConfig
+from dutrain.evaluate.metrics import score_sample, split_metrics
 from dutrain.io.dataset import decode_png
-from dutrain.models import encode_sft
+from dutrain.models import encode_prompts, encode_sft, load_model, load_processor, resolve_model
+from dutrain.tracking import Tracker
+from dutrain.tracking.progress import post_step
+
+from .data import batch_order, load_rows
 
 STATE_FILE = "trainer_state.pt"
 
@@ -89,9 +100,6 @@ class Batcher:
 
 
 def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
-    import torch
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -101,8 +109,6 @@ def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
 
 def val_loss(model: Any, batcher: Batcher, batch_size: int, autocast: Any, device: Any) -> float:
     """Token-weighted loss over this worker's val rows, summed across workers."""
-    import torch
-
     model.eval()
     total, count = 0.0, 0.0
     with torch.no_grad():
@@ -120,10 +126,6 @@ def val_loss(model: Any, batcher: Batcher, batch_size: int, autocast: Any, devic
 def generate_completions(model: Any, processor: Any, images: list[np.ndarray],
                          max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """Greedy completions with transformers (the final evaluation runs inside the trainer)."""
-    import torch
-
-    from dutrain.models import encode_prompts
-
     m = unwrap(model)
     m.eval()
     out: list[str] = []
@@ -142,175 +144,219 @@ def generate_completions(model: Any, processor: Any, images: list[np.ndarray],
 def final_evaluation(model: Any, processor: Any, rows: list[dict[str, Any]], max_new_tokens: int,
                      ) -> tuple[dict[str, float], list[str]]:
     """`val/...` metrics of the shared scorer (format validity, type F1, …) and completions."""
-    from dutrain.evaluate.metrics import score_sample, split_metrics
-
     comps = generate_completions(model, processor, [decode_png(r["degraded"]) for r in rows],
                                  max_new_tokens)
     scored = [score_sample(r["sample_id"], "val", c, r["annotation"]) for r, c in zip(rows, comps)]
     return split_metrics("val", scored), comps
 
 
-def train_loop(loop_cfg: dict[str, Any]) -> None:
-    """Entry point of every Ray Train worker. `loop_cfg`: the config dict and run facts."""
-    import ray.train
-    import ray.train.torch
-    import torch
+class SFTRecipe:
+    """One Ray Train worker's SFT run, as named steps (the shape of `dutrain.rl.controller`):
 
-    from dutrain.config import load_config
-    from dutrain.config.sft import SFTConfig
-    from dutrain.models import load_model, load_processor, resolve_model
-    from dutrain.tracking import Tracker
-    from dutrain.tracking.progress import post_step
+        setup → resume → (train_step → evaluate → publish_best → checkpoint)* → finish
 
-    from .data import batch_order, load_rows
+    Every worker runs every step (DDP and Ray Train's report are collective); the side effects
+    (best/ and final/ models, MLflow, progress) happen on rank 0 only.
+    """
 
-    cfg = load_config(SFTConfig, overrides=loop_cfg["config"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    on_gpu = device.type == "cuda"
-    bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and on_gpu)
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    def __init__(self, loop_cfg: dict[str, Any]):
+        self.loop_cfg = loop_cfg
+        self.cfg = load_config(SFTConfig, overrides=loop_cfg["config"])
+        self.out_uri: str = loop_cfg["output"]
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.bf16 = self.cfg.dtype == "bfloat16" or (self.cfg.dtype == "auto"
+                                                     and self.device.type == "cuda")
+        #: the last checkpoint's trainer state (optimiser, scheduler, step), read in setup()
+        self.state: dict[str, Any] | None = None
+        self.start, self.best = 0, float("inf")
+        self.stop = min(self.cfg.max_steps, self.cfg.stop_at_step or self.cfg.max_steps)
 
-    model_dir = resolve_model(cfg.model, storage=cfg.storage,
-                              tiny=cfg.tiny.spec() if cfg.model == "tiny" else None)
-    processor = load_processor(model_dir)
-    ckpt = ray.train.get_checkpoint()
-    state: dict[str, Any] | None = None
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            model = load_model(d)
-            state = torch.load(Path(d) / STATE_FILE, weights_only=False)
-    else:
-        model = load_model(model_dir)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    model = ray.train.torch.prepare_model(model)
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.vision_lr_scale), lr=cfg.lr,
-                            weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
-    start, best = 0, float("inf")
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, best = int(state["step"]), float(state["best_val_loss"])
+    def autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    # ------------------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        """Seed, model (the checkpoint's weights when Ray Train restores one), DDP, optimiser,
+        scheduler, this worker's rows and the tracker."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        model_dir = resolve_model(cfg.model, storage=cfg.storage,
+                                  tiny=cfg.tiny.spec() if cfg.model == "tiny" else None)
+        self.processor = load_processor(model_dir)
+        self.model = ray.train.torch.prepare_model(self._load_model(model_dir))
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.lr, cfg.vision_lr_scale),
+                                     lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+        self.rows = load_rows(ray.train.get_dataset_shard(f"train_{self.rank}"))
+        self.val_rows = load_rows(ray.train.get_dataset_shard("val"))
+        self.train_b = Batcher(self.processor, self.rows, self.device)
+        self.val_b = Batcher(self.processor, self.val_rows[:cfg.val_samples][self.rank::self.world],
+                             self.device)
+        self.tracker = Tracker()
+        if self.rank == 0 and self.loop_cfg.get("run_id"):
+            from mlflow import MlflowClient  # heavy; only rank 0 of a tracked run logs
+            self.tracker = Tracker(MlflowClient(tracking_uri=self.loop_cfg["tracking_uri"]),
+                                   self.loop_cfg["run_id"])
 
-    rows = load_rows(ray.train.get_dataset_shard(f"train_{rank}"))
-    val_all = load_rows(ray.train.get_dataset_shard("val"))
-    train_b = Batcher(processor, rows, device)
-    val_b = Batcher(processor, val_all[:cfg.val_samples][rank::world], device)
-    tracker = Tracker()
-    if rank == 0 and loop_cfg.get("run_id"):
-        from mlflow import MlflowClient
-        tracker = Tracker(MlflowClient(tracking_uri=loop_cfg["tracking_uri"]), loop_cfg["run_id"])
+    def _load_model(self, model_dir: Any) -> Any:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                model = load_model(d)
+                self.state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+        else:
+            model = load_model(model_dir)
+        if self.cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        return model
 
-    out_uri = loop_cfg["output"]
-    stop = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
-    order = batch_order(len(rows), cfg.batch_size, cfg.seed, rank, start * cfg.grad_accum)
-    window = {"loss": 0.0, "n": 0.0, "tokens": 0.0, "samples": 0.0}
-    t_window = time.perf_counter()
-    metrics: dict[str, float] = {}
-    model.train()
-    for step in range(start, stop):
+    def resume(self) -> None:
+        """Optimiser, scheduler, step and best validation loss of the restored checkpoint; then
+        the batch order from that step (a pure function of seed, rank and step)."""
+        if self.state is not None:
+            self.opt.load_state_dict(self.state["optimizer"])
+            self.sched.load_state_dict(self.state["scheduler"])
+            self.start, self.best = int(self.state["step"]), float(self.state["best_val_loss"])
+        cfg = self.cfg
+        self.order = batch_order(len(self.rows), cfg.batch_size, cfg.seed, self.rank,
+                                 self.start * cfg.grad_accum)
+        self._reset_window()
+        self.t_window = time.perf_counter()
+
+    # ------------------------------------------------------------------------------ training
+    def _reset_window(self) -> None:
+        self.window = {"loss": 0.0, "n": 0.0, "tokens": 0.0, "samples": 0.0}
+
+    def train_step(self) -> None:
+        """One optimiser step: `grad_accum` micro-batches (DDP syncs on the last), clip, step."""
+        cfg, model = self.cfg, self.model
         for micro in range(cfg.grad_accum):
-            _, idx = next(order)
-            b = train_b(idx)
+            _, idx = next(self.order)
+            b = self.train_b(idx)
             sync = micro == cfg.grad_accum - 1 or not hasattr(model, "no_sync")
-            ctx_mgr = model.no_sync() if not sync else contextlib.nullcontext()
-            with ctx_mgr:
-                with autocast():
+            with model.no_sync() if not sync else contextlib.nullcontext():
+                with self.autocast():
                     loss = model(**b).loss
                 (loss / cfg.grad_accum).backward()
-            window["loss"] += float(loss)
-            window["n"] += 1
-            window["tokens"] += float(b["attention_mask"].sum())
-            window["samples"] += len(idx)
+            self.window["loss"] += float(loss)
+            self.window["n"] += 1
+            self.window["tokens"] += float(b["attention_mask"].sum())
+            self.window["samples"] += len(idx)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def train_metrics(self) -> dict[str, float]:
+        """`train/...` over the steps since the last log (summed across workers); resets them."""
+        w = self.window
+        loss_sum, n, tokens, samples = _all_reduce_sum(
+            [w["loss"], w["n"], w["tokens"], w["samples"]], self.device)
+        dt = time.perf_counter() - self.t_window
+        self._reset_window()
+        return {"train/loss": loss_sum / max(n, 1), "train/lr": self.sched.get_last_lr()[0],
+                "train/tokens_per_s": tokens / dt, "train/samples_per_s": samples / dt}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """`val/loss` on the val rows (all workers); a new best is published."""
+        loss = val_loss(self.model, self.val_b, self.cfg.batch_size, self.autocast, self.device)
+        if loss < self.best:
+            self.best = loss
+            self.publish_best(step)
+        return {"val/loss": loss, "val/best_loss": self.best}
+
+    def publish_best(self, step: int) -> None:
+        """Rank 0: the model to `output`/best (+ dutrain_sft.json), tagged on the run."""
+        if self.rank != 0:
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_hf(self.model, self.processor, d)
+            Path(d, "dutrain_sft.json").write_text(json.dumps({"step": step,
+                                                              "val_loss": self.best}))
+            publish(d, f"{self.out_uri}/best", self.cfg.storage)
+        self.tracker.set_tags({"dutrain.best_step": step})
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if metrics:
+            self.tracker.log_metrics(metrics, step=step)
+        if self.rank == 0:
+            post_step(self.loop_cfg.get("progress"), step, metrics)
+
+    # -------------------------------------------------------------------------- checkpoints
+    def checkpoint(self, step: int, metrics: dict[str, float]) -> None:
+        """Every worker reports (Ray Train's report is collective); rank 0 attaches the checkpoint
+        (HF model + trainer_state.pt at this optimiser-step boundary)."""
+        report = {"step": step, **{k.replace("/", "_"): v for k, v in metrics.items()}}
+        if self.rank != 0:
+            ray.train.report(report, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_hf(self.model, self.processor, d)
+            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                        "step": step, "best_val_loss": self.best}, Path(d) / STATE_FILE)
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def finish(self) -> None:
+        """Rank 0: the small validation evaluation, sample completions as artifacts, final/ model
+        (with the evaluation in final/eval.json)."""
+        cfg, tracker = self.cfg, self.tracker
+        rows = self.val_rows[:cfg.final_eval_samples]
+        metrics: dict[str, float] = {}
+        with tempfile.TemporaryDirectory() as d:
+            if rows:
+                t0 = time.perf_counter()
+                metrics, comps = final_evaluation(self.model, self.processor, rows,
+                                                  cfg.max_new_tokens)
+                metrics["val/eval_seconds"] = time.perf_counter() - t0
+                tracker.log_metrics(metrics, step=cfg.max_steps)
+                write_samples(d, rows, comps, cfg.sample_completions)
+                tracker.log_artifact(d, "samples")
+        with tempfile.TemporaryDirectory() as d:
+            save_hf(self.model, self.processor, d)
+            Path(d, "eval.json").write_text(json.dumps(metrics, indent=1))
+            publish(d, f"{self.out_uri}/final", cfg.storage)
+        tracker.set_tags({"dutrain.checkpoint": f"{self.out_uri}/final"})
+
+
+def write_samples(out: str | os.PathLike, rows: list[dict[str, Any]], comps: list[str],
+                  k: int) -> None:
+    """The first `k` rows' images and completions.jsonl (reference and completion) in `out`."""
+    lines = []
+    for r, c in list(zip(rows, comps))[:k]:
+        name = r["sample_id"].replace("/", "_").replace(":", "_")
+        Path(out, f"{name}.png").write_bytes(r["degraded"])
+        lines.append(json.dumps({"sample_id": r["sample_id"], "image": f"{name}.png",
+                                 "reference": json.loads(r["annotation"]), "completion": c}))
+    Path(out, "completions.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def train_loop(loop_cfg: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker. `loop_cfg`: the config dict and run facts."""
+    sft = SFTRecipe(loop_cfg)
+    sft.setup()
+    sft.resume()
+    cfg = sft.cfg
+    sft.model.train()
+    for step in range(sft.start, sft.stop):
+        sft.train_step()
         done = step + 1
-        metrics = {}
-        if done % cfg.log_every == 0 or done == stop:
-            loss_sum, n, tokens, samples = _all_reduce_sum(
-                [window["loss"], window["n"], window["tokens"], window["samples"]], device)
-            dt = time.perf_counter() - t_window
-            metrics.update({"train/loss": loss_sum / max(n, 1), "train/lr": sched.get_last_lr()[0],
-                            "train/tokens_per_s": tokens / dt, "train/samples_per_s": samples / dt})
-            window = dict.fromkeys(window, 0.0)
+        metrics: dict[str, float] = {}
+        if done % cfg.log_every == 0 or done == sft.stop:
+            metrics.update(sft.train_metrics())
         if done % cfg.eval_every == 0 or done == cfg.max_steps:
-            metrics["val/loss"] = val_loss(model, val_b, cfg.batch_size, autocast, device)
-            if metrics["val/loss"] < best:
-                best = metrics["val/loss"]
-                if rank == 0:
-                    with tempfile.TemporaryDirectory() as d:
-                        save_hf(model, processor, d)
-                        Path(d, "dutrain_sft.json").write_text(json.dumps(
-                            {"step": done, "val_loss": best}))
-                        publish(d, f"{out_uri}/best", cfg.storage)
-                    tracker.set_tags({"dutrain.best_step": done})
-            metrics["val/best_loss"] = best
+            metrics.update(sft.evaluate(done))
+        sft.log(metrics, done)
+        if done % cfg.checkpoint_every == 0 or done == sft.stop:
+            sft.checkpoint(done, metrics)
         if metrics:
-            tracker.log_metrics(metrics, step=done)
-        if rank == 0:
-            post_step(loop_cfg.get("progress"), done, metrics)
-        if done % cfg.checkpoint_every == 0 or done == stop:
-            _report_checkpoint(model, processor, opt, sched, done, best, metrics, rank)
-        if metrics:
-            t_window = time.perf_counter()  # checkpoint and eval time are not throughput
-    if stop < cfg.max_steps:
+            sft.t_window = time.perf_counter()  # checkpoint and eval time are not throughput
+    if sft.stop < cfg.max_steps:
         return  # interrupted on purpose; `resume` continues from the checkpoint just written
-    if rank == 0:
-        _finish(model, processor, val_all, cfg, out_uri, tracker)
-
-
-def _report_checkpoint(model: Any, processor: Any, opt: Any, sched: Any, step: int, best: float,
-                       metrics: dict[str, float], rank: int) -> None:
-    """Every worker reports (Ray Train's report is collective); rank 0 attaches the checkpoint."""
-    import ray.train
-    import torch
-
-    report = {"step": step, **{k.replace("/", "_"): v for k, v in metrics.items()}}
-    if rank != 0:
-        ray.train.report(report, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        save_hf(model, processor, d)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                    "best_val_loss": best}, Path(d) / STATE_FILE)
-        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-
-def _finish(model: Any, processor: Any, val_rows: list[dict[str, Any]], cfg: Any, out_uri: str,
-            tracker: Any) -> None:
-    """Rank 0: the small validation evaluation, sample completions as artifacts, final/ model
-    (with the evaluation in final/eval.json)."""
-    rows = val_rows[:cfg.final_eval_samples]
-    metrics: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as d:
-        if rows:
-            t0 = time.perf_counter()
-            metrics, comps = final_evaluation(model, processor, rows, cfg.max_new_tokens)
-            metrics["val/eval_seconds"] = time.perf_counter() - t0
-            tracker.log_metrics(metrics, step=cfg.max_steps)
-            lines = []
-            for r, c in list(zip(rows, comps))[:cfg.sample_completions]:
-                name = r["sample_id"].replace("/", "_").replace(":", "_")
-                Path(d, f"{name}.png").write_bytes(r["degraded"])
-                lines.append(json.dumps({"sample_id": r["sample_id"], "image": f"{name}.png",
-                                         "reference": json.loads(r["annotation"]),
-                                         "completion": c}))
-            Path(d, "completions.jsonl").write_text("\n".join(lines) + "\n")
-            tracker.log_artifact(d, "samples")
-    with tempfile.TemporaryDirectory() as d:
-        save_hf(model, processor, d)
-        Path(d, "eval.json").write_text(json.dumps(metrics, indent=1))
-        publish(d, f"{out_uri}/final", cfg.storage)
-    tracker.set_tags({"dutrain.checkpoint": f"{out_uri}/final"})
+    if sft.rank == 0:
+        sft.finish()
