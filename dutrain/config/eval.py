@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dutrain.schema import SPLITS
+
 from .common import GenerationConfig, RayConfig, RewardWeights, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
 
@@ -12,7 +14,7 @@ BASELINES = ("baseline:prior", "baseline:classical")
 class EvalConfig:
     dataset: str = option("runs/data/demo", "dataset root (local path or s3://...)")
     splits: list[str] = option(default_factory=lambda: ["test", "ood"],
-                               doc="splits to evaluate (train, val, test, ood)")
+                               doc=f"splits to evaluate ({', '.join(SPLITS)})")
     limit: int | None = option(None, "at most this many samples per split (a fixed subset "
                                      "spread over the split)", min=1)
     model: str | None = option(None, "model to evaluate: a checkpoint directory, s3:// URI, hub "
@@ -40,11 +42,10 @@ class EvalConfig:
         if self.model and self.model.startswith("baseline:") and self.model not in BASELINES:
             raise ConfigError(f"bad value for 'model': {self.model!r} (allowed baselines: "
                               f"{', '.join(BASELINES)})")
-        allowed = ("train", "val", "test", "ood")
-        bad = [s for s in self.splits if s not in allowed]
+        bad = [s for s in self.splits if s not in SPLITS]
         if bad or not self.splits:
             raise ConfigError(f"bad value for 'splits': {list(self.splits)!r} (allowed: a "
-                              f"non-empty list of {', '.join(allowed)})")
+                              f"non-empty list of {', '.join(SPLITS)})")
 
     @property
     def source(self) -> str:

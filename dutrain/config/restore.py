@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from dutrain.schema import SPLITS
+
 from .common import GenerationConfig, RayConfig, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
 from .eval import BASELINES
-
-SPLITS = ("train", "val", "test", "ood")
 
 
 @configclass

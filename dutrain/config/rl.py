@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dutrain.schema import SPLITS
+
 from .common import RayConfig, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
 from .common import RewardWeights
@@ -101,7 +103,7 @@ class RLConfig:
     eval_every: int = option(5, "score greedy completions on held-out prompts every N steps "
                                 "(0: never)", min=0)
     eval_split: str = option("val", "split of the held-out prompts",
-                             choices=("train", "val", "test", "ood"))
+                             choices=SPLITS)
     eval_prompts: int = option(16, "held-out prompts (a fixed subset spread over the split)", min=1)
     eval_sampling: str = option("greedy", "held-out completions: greedy (one per prompt) or "
                                           "policy (group_size samples per prompt at the "

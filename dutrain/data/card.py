@@ -11,10 +11,9 @@ from typing import Any, Iterable
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont
 
-from dutrain.schema import CLEAN, TAXONOMY, TYPES
+from dutrain.schema import CLEAN, SPLITS, TAXONOMY, TYPES
 
 from dutrain.io.dataset import decode_png
-from .plan import SPLIT_ORDER
 
 
 def _ordered(counter: Counter, order: Iterable[str]) -> dict[str, int]:
@@ -50,10 +49,10 @@ def dataset_stats(table: pa.Table) -> dict[str, Any]:
     key_order = [f"{t}.{p.key}" for t in TYPES for p in TAXONOMY[t].params]
     return {
         "rows": int(table.num_rows),
-        "per_split": _ordered(per_split, SPLIT_ORDER),
+        "per_split": _ordered(per_split, SPLITS),
         "per_type": _ordered(per_type, type_order),
         "per_split_type": {s: _ordered(per_split_type[s], type_order)
-                           for s in SPLIT_ORDER if s in per_split_type},
+                           for s in SPLITS if s in per_split_type},
         "per_num_degradations": dict(sorted(per_len.items(), key=lambda kv: int(kv[0]))),
         "value_histograms": {k: dict(sorted(hist[k].items(), key=lambda kv: float(kv[0])))
                              for k in key_order if k in hist},

@@ -24,8 +24,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-SPLIT_ORDER = ("train", "val", "test", "ood")
-
 
 class PlanError(ValueError):
     """The sources cannot give the rows asked for (the message says what to change)."""

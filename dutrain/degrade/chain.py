@@ -45,7 +45,8 @@ DEFAULT_TYPE_PROBS: dict[str, float] = {
     t: 1.0 / sum(1 for s in TAXONOMY.values() if s.stage == TAXONOMY[t].stage) for t in TYPES
 }
 
-SPLITS = ("train", "ood")
+#: the value ranges a chain is drawn from (`ParamSpec.grid_for`), the `split` of `sample_chain`
+RANGES = ("train", "ood")
 
 
 def operator_rng(seed: int, stage: int) -> np.random.Generator:
@@ -111,8 +112,8 @@ def sample_chain(rng: np.random.Generator, split: str = "train", clean_fraction:
       chosen uniformly among keys whose OOD grid lies outside the train range, takes a value
       uniform on that OOD grid; the other keys are drawn from their train grids.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    if split not in RANGES:
+        raise ValueError(f"split must be one of {RANGES}; got {split!r}")
     if not 0.0 <= float(clean_fraction) <= 1.0:
         raise ValueError(f"clean_fraction must be in [0, 1]; got {clean_fraction!r}")
     if not isinstance(max_degradations, (int, np.integer)) or not 0 <= max_degradations <= len(set(

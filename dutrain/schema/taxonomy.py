@@ -13,6 +13,10 @@ from typing import Mapping
 
 Number = int | float
 
+#: the dataset splits, in order (DESIGN.md §4); `train` and `ood` also name a key's two
+#: value ranges (`ParamSpec.grid_for`)
+SPLITS = ("train", "val", "test", "ood")
+
 
 @dataclass(frozen=True)
 class ParamSpec:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from dutrain.schema import SPLITS
+
 from .mlflow_run import stage_run, tracking_uri
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 #: metric names preferred when none are chosen (DESIGN.md §8; after any split prefix), in order
 HEADLINE = ("type_f1", "type_exact", "format_valid", "key_acc", "value_nmae", "value_within_1_step",
             "reward/total", "psnr/predicted", "rl/kl", "loss")
-_SPLITS = ("train", "val", "test", "ood")
 
 
 @dataclass
@@ -141,7 +142,7 @@ def choose_metrics(runs: Sequence[Any], wanted: Sequence[str] = (), limit: int =
 
     def name(k: str) -> str:
         head, _, tail = k.partition("/")
-        return tail if head in _SPLITS and tail else k
+        return tail if head in SPLITS and tail else k
 
     headline = sorted((k for k in have if name(k) in HEADLINE), key=lambda k: (HEADLINE.index(name(k)), k))
     return (headline or sorted(have))[:limit]
