@@ -5,7 +5,7 @@
 # libtorch_cuda.so, which a CPU torch does not ship ("operator torchvision::nms does not exist").
 # We (1) compile a small stub library defining the c10::cuda / at::cuda symbols they reference
 # (device_count() returns 0, every other function aborts if ever called on this CPU-only path)
-# and (2) rewrite the libraries' dependencies with patchelf. See ENVIRONMENT.md. Idempotent;
+# and (2) rewrite the libraries' dependencies with patchelf. See docs/environment.md §3. Idempotent;
 # a no-op when torch has CUDA or torchvision already imports.
 set -euo pipefail
 PY=${1:-.venv/bin/python}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or update .venv with the pinned CPU set (requirements/constraints-cpu.txt).
-# Order matters (ENVIRONMENT.md): torch's CPU wheel first, so nothing pulls a CUDA torch;
+# Order matters (docs/environment.md): torch's CPU wheel first, so nothing pulls a CUDA torch;
 # then everything else; then remove torchaudio/torchcodec (CUDA builds that break `import vllm`)
 # and patch torchvision so it loads beside the CPU torch.
 set -euo pipefail

