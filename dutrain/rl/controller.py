@@ -15,19 +15,30 @@ while the learner trains on step t, and each batch records the policy version th
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import ray
+from tqdm import tqdm
 
+from dutrain.config import ConfigError
 from dutrain.config.rl import RLConfig
+from dutrain.io.dataset import decode_png, read_table
+from dutrain.io.storage import join
+from dutrain.models import resolve_model
+from dutrain.runtime.cluster import ray_session
+from dutrain.tracking import stage_run
 
 from .batch import Batch
 from .checkpoint import latest_checkpoint, read_state, step_dir, write_state
+from .groups import LearnerGroup, RolloutGroup, shared_placement_group
 from .loss import group_advantages, token_weights
 from .scoring import RewardFn, format_valid, reward_function
+from .weight_sync import PendingSync, finish_sync, push_weights
 
 COLUMNS = ("sample_id", "degraded", "annotation")
 
@@ -63,8 +74,6 @@ class PromptSampler:
 
 def prompt_batch(table: Any, rows: list[int]) -> Batch:
     """Decoded prompts: the image and, for the reward, its reference annotation."""
-    from dutrain.io.dataset import decode_png
-
     sub = table.take(rows).to_pylist()
     return Batch({"sample_id": [r["sample_id"] for r in sub],
                   "image": [decode_png(r["degraded"]) for r in sub],
@@ -85,10 +94,6 @@ class RunInputs:
 
 def prepare(cfg: RLConfig) -> RunInputs:
     """Resolve the model, read the dataset and find the checkpoint; clear errors, no actors."""
-    from dutrain.config import ConfigError
-    from dutrain.io.dataset import read_table
-    from dutrain.models import resolve_model
-
     try:
         model_dir = str(resolve_model(cfg.model, storage=cfg.storage))
     except (ValueError, FileNotFoundError) as exc:
@@ -185,12 +190,12 @@ class Controller:
         self.learners: Any = None
         self.rollouts: Any = None
         self._shared_pg: Any = None
+        #: rollout batches in flight: (step, data position before its prompts, refs)
+        self._ahead: deque[tuple[int, dict[str, int], list[Any]]] = deque()
+        self._pending_push: PendingSync | None = None
 
     # ------------------------------------------------------------------------------ actors
     def start(self) -> None:
-        from .groups import LearnerGroup, RolloutGroup, shared_placement_group
-        from .weight_sync import finish_sync, push_weights
-
         t0 = time.perf_counter()
         if self.cfg.placement == "colocated":
             self._shared_pg = shared_placement_group(self.cfg)
@@ -198,12 +203,11 @@ class Controller:
         self.learners = LearnerGroup(self.cfg, self.inputs.model_dir, self.inputs.resume_from,
                                      self._shared_pg)
         if self.inputs.resume_from:  # engines start from the base model: give them the policy
-            finish_sync(self.rollouts, push_weights(self.learners, self.rollouts, self.version))
+            self.push_policy()
+            self.finish_push()
         self.startup_seconds = time.perf_counter() - t0
 
     def shutdown(self) -> None:
-        import ray
-
         for g in (self.rollouts, self.learners):
             if g is not None:
                 g.shutdown()
@@ -226,81 +230,106 @@ class Controller:
 
     def fit(self) -> list[dict[str, float]]:
         """Run until `cfg.steps`; returns the per-step metrics."""
-        from .weight_sync import finish_sync, push_weights
-
         cfg = self.cfg
-        bound = cfg.staleness_bound
-        ahead: deque[tuple[int, dict[str, int], list[Any]]] = deque()
-
-        def submit(step: int) -> None:
-            pos = self.sampler.position()
-            prompts = self.sampler.next(cfg.prompts_per_step)
-            ahead.append((step, pos, self.rollouts.async_generate(
-                prompts, cfg.group_size, self.sample_seed(step))))
-
         if cfg.eval_every and self.step == 0:
             self.log(self.evaluate(), 0)
-        pending_sync = None
-        for s in range(self.step, min(cfg.steps, self.step + bound)):
-            submit(s)
+        for s in range(self.step, min(cfg.steps, self.step + cfg.staleness_bound)):
+            self._submit(s)
         while self.step < cfg.steps:
-            t_step = time.perf_counter()
-            if not ahead:  # sync: generate with the weights just pushed
-                submit(self.step)
-            step, _, refs = ahead.popleft()
-            batch = self.rollouts.gather(refs, cfg.group_size, self.sample_seed(step))
-            rollout_wait = time.perf_counter() - t_step
-            if bound and step + bound < cfg.steps:  # generates while the learner trains
-                submit(step + bound)
-            staleness = self.version - batch.meta["version"]
-            if staleness > bound:
-                raise RuntimeError(f"step {step}: batch from policy version "
-                                   f"{batch.meta['version']} is {staleness} versions behind the "
-                                   f"learner (bound {bound})")
-            batch, metrics = score_batch(batch, self.reward, cfg)
-            batch.meta["step"] = step
-            t_learn = time.perf_counter()
-            stats = self.learners.train(batch)
-            metrics["rl/learner_wait_seconds"] = time.perf_counter() - t_learn
-            self.version += 1
-            if pending_sync is not None:  # async: last step's push, long finished or queued
-                metrics.update(finish_sync(self.rollouts, pending_sync))
-            pending_sync = push_weights(self.learners, self.rollouts, self.version)
-            if bound == 0:
-                metrics.update(finish_sync(self.rollouts, pending_sync))
-                pending_sync = None
-            gen_s = batch.meta["generate_seconds"]
-            metrics.update(stats)
-            metrics.update({
-                "rl/staleness": float(staleness), "rl/policy_version": float(self.version),
-                "rl/rollout_seconds": gen_s, "rl/rollout_wait_seconds": rollout_wait,
-                "rl/rollout_tokens_per_s": batch.meta["tokens"] / gen_s if gen_s > 0 else 0.0,
-                "rl/rollout_actors_replaced": float(self.rollouts.replaced),
-                "rl/step_seconds": time.perf_counter() - t_step})
-            self.step = step + 1
-            if cfg.samples_to_log:
-                self.log_text(samples_jsonl(batch, step, cfg.samples_to_log),
-                              f"samples/step_{step:06d}.jsonl")
+            metrics = self.train_step()
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                if pending_sync is not None:  # score the policy just trained
-                    metrics.update(finish_sync(self.rollouts, pending_sync))
-                    pending_sync = None
+                metrics.update(self.finish_push())  # score the policy just trained
                 metrics.update(self.evaluate())
             self.log(metrics, self.step)
             self.history.append(metrics)
             if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0) \
                     or self.step == cfg.steps:
-                nxt = ahead[0][1] if ahead else self.sampler.position()
-                self.save_checkpoint(nxt)
-        if pending_sync is not None:
-            finish_sync(self.rollouts, pending_sync)
+                self.save_checkpoint(self._ahead[0][1] if self._ahead
+                                     else self.sampler.position())
+        self.finish_push()
         return self.history
+
+    def train_step(self) -> dict[str, float]:
+        """One step: the rollout batch, rewards, the learner's update and the weight push."""
+        cfg = self.cfg
+        t_step = time.perf_counter()
+        step, batch, rollout_wait = self._next_rollouts(t_step)
+        staleness = self._check_staleness(step, batch)
+        batch, metrics = score_batch(batch, self.reward, cfg)
+        batch.meta["step"] = step
+        t_learn = time.perf_counter()
+        stats = self.learners.train(batch)
+        metrics["rl/learner_wait_seconds"] = time.perf_counter() - t_learn
+        self.version += 1
+        metrics.update(self.push_policy())
+        metrics.update(stats)
+        gen_s = batch.meta["generate_seconds"]
+        metrics.update({
+            "rl/staleness": float(staleness), "rl/policy_version": float(self.version),
+            "rl/rollout_seconds": gen_s, "rl/rollout_wait_seconds": rollout_wait,
+            "rl/rollout_tokens_per_s": batch.meta["tokens"] / gen_s if gen_s > 0 else 0.0,
+            "rl/rollout_actors_replaced": float(self.rollouts.replaced),
+            "rl/step_seconds": time.perf_counter() - t_step})
+        self.step = step + 1
+        if cfg.samples_to_log:
+            self.log_text(samples_jsonl(batch, step, cfg.samples_to_log),
+                          f"samples/step_{step:06d}.jsonl")
+        return metrics
+
+    # --------------------------------------------------------------------------- rollouts
+    def _submit(self, step: int) -> None:
+        """Start generating the batch of `step` from the next prompts (kept in `_ahead` with
+        the data position it starts at)."""
+        pos = self.sampler.position()
+        prompts = self.sampler.next(self.cfg.prompts_per_step)
+        self._ahead.append((step, pos, self.rollouts.async_generate(
+            prompts, self.cfg.group_size, self.sample_seed(step))))
+
+    def _next_rollouts(self, t_step: float) -> tuple[int, Batch, float]:
+        """(step, batch, seconds waited): the oldest batch in flight, or in sync mode one
+        generated now with the weights just pushed. In async mode the batch `staleness_bound`
+        steps ahead is submitted next, to generate while the learner trains."""
+        cfg = self.cfg
+        if not self._ahead:
+            self._submit(self.step)
+        step, _, refs = self._ahead.popleft()
+        batch = self.rollouts.gather(refs, cfg.group_size, self.sample_seed(step))
+        rollout_wait = time.perf_counter() - t_step
+        if cfg.staleness_bound and step + cfg.staleness_bound < cfg.steps:
+            self._submit(step + cfg.staleness_bound)
+        return step, batch, rollout_wait
+
+    def _check_staleness(self, step: int, batch: Batch) -> int:
+        bound = self.cfg.staleness_bound
+        staleness = self.version - batch.meta["version"]
+        if staleness > bound:
+            raise RuntimeError(f"step {step}: batch from policy version "
+                               f"{batch.meta['version']} is {staleness} versions behind the "
+                               f"learner (bound {bound})")
+        return staleness
+
+    # ------------------------------------------------------------------------- weight push
+    def push_policy(self) -> dict[str, float]:
+        """Push the learner's weights (policy `self.version`) to every engine: the one place a
+        push starts. Async mode first waits for the previous push (long finished, or queued
+        behind the generation in flight) and leaves this one pending; sync mode waits for it.
+        Returns the timings of the push waited for (`rl/sync_...`)."""
+        metrics = self.finish_push()
+        self._pending_push = push_weights(self.learners, self.rollouts, self.version)
+        if self.cfg.staleness_bound == 0:
+            metrics.update(self.finish_push())
+        return metrics
+
+    def finish_push(self) -> dict[str, float]:
+        """Wait for the pending push, if any; its timings (empty when none was pending)."""
+        if self._pending_push is None:
+            return {}
+        pending, self._pending_push = self._pending_push, None
+        return finish_sync(self.rollouts, pending)
 
     # -------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, data_position: dict[str, int]) -> str:
         """Weights (HF), optimiser, step, version and the data position of the next step."""
-        import ray
-
         uri = step_dir(self.cfg.output, self.step)
         ray.get(self.learners.actors[0].save.remote(uri))
         write_state(uri, {"step": self.step, "version": self.version, "data": data_position,
@@ -309,24 +338,12 @@ class Controller:
 
     def save_final(self) -> str:
         """The policy as an HF directory at `output`/final (what `dutrain eval` takes)."""
-        import ray
-
-        from dutrain.io.storage import join
         uri = join(self.cfg.output, "final")
         return ray.get(self.learners.actors[0].save.remote(uri, False))
 
 
 def run(cfg: RLConfig) -> int:
     """`dutrain rl`: validate, start the actor group, train, track, checkpoint."""
-    from dutrain.runtime.cluster import ray_session
-    from dutrain.tracking import stage_run
-
-    import sys
-
-    from tqdm import tqdm
-
-    from dutrain.config import ConfigError
-
     try:
         inputs = prepare(cfg)
     except ConfigError as exc:  # found before any actor started: a message, not a traceback
