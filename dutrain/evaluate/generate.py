@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from dutrain.runtime.vllm_env import engine_actor_env
+
 
 class _Worker:
     """A Ray actor: one engine, completions for batches of PNG-encoded images."""
@@ -54,8 +56,7 @@ def generate_completions(model_dir: str, pngs: Sequence[bytes],
     import ray
 
     opts = {"num_cpus": gen.cpus_per_worker, "num_gpus": gen.gpus_per_worker}
-    env = {"env_vars": {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-                        "TOKENIZERS_PARALLELISM": "false"}}
+    env = {"env_vars": engine_actor_env()}
     cfg = {k: getattr(gen, k) for k in ("dtype", "max_model_len", "batch_size", "seed",
                                         "temperature", "max_tokens", "structured")}
     actor_cls = ray.remote(_Worker)

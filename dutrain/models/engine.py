@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from dutrain.runtime.vllm_env import set_vllm_env
+
 from .prompts import prompt_text, to_pil
 
 
@@ -179,10 +181,7 @@ class VLLMEngine:
                  max_model_len: int = 1024, max_num_seqs: int = 16, seed: int = 0,
                  gpu_memory_utilization: float = 0.5, structured_backend: str = "xgrammar",
                  enforce_eager: bool = True, tensor_parallel_size: int = 1, **llm_kwargs: Any):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") != "0":
-            os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # RPC with our fn
+        set_vllm_env()
         from transformers import AutoProcessor
         from vllm import LLM
 

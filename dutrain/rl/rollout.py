@@ -9,9 +9,10 @@ the completions the lost actor would have given.
 
 from __future__ import annotations
 
-import os
 import time
+
 from dutrain.config.rl import RolloutConfig
+from dutrain.runtime.vllm_env import set_vllm_env
 
 from .batch import Batch
 
@@ -19,8 +20,7 @@ from .batch import Batch
 class RolloutWorker:
     def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int = 0):
         # In-process engine: starts in seconds instead of ~25 s (docs/environment.md).
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        set_vllm_env(in_process=True)
         import torch
 
         from dutrain.models.engine import VLLMEngine

@@ -18,13 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from dutrain.runtime.vllm_env import set_vllm_env
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 if __name__ == "__main__":
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    set_vllm_env()
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=96)

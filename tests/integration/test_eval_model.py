@@ -12,6 +12,7 @@ import textwrap
 from dutrain.cli import main
 from dutrain.io.dataset import read_table
 from dutrain.models import tiny_model
+from dutrain.runtime.vllm_env import VLLM_ENV
 from test_eval_data import write_dataset
 
 # Greedy decoding of the random tiny model loops inside <think>; seeded sampling (one generator per
@@ -47,7 +48,7 @@ def test_vllm_actor_eval_equals_predictions_path(tmp_path, ray_local):
     script = tmp_path / "standalone.py"
     script.write_text(_STANDALONE)
     preds = tmp_path / "own.jsonl"
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, **VLLM_ENV}
     proc = subprocess.run([sys.executable, str(script), str(model), str(root), str(preds)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,6 +16,7 @@ import torch
 from dutrain.models import (encode_prompts, load_model, load_processor, resolve_model,
                             tiny_model)
 from dutrain.models.tiny import TinySpec
+from dutrain.runtime.vllm_env import VLLM_ENV
 
 
 def test_build_is_deterministic_and_cached(tmp_path):
@@ -107,8 +108,7 @@ def test_transformers_and_vllm_agree_greedy_and_after_weight_update(tmp_path):
     script = tmp_path / "engine_check.py"
     script.write_text(_ENGINE_SCRIPT)
     out = tmp_path / "out.json"
-    env = {**__import__("os").environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-           "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**__import__("os").environ, **VLLM_ENV}
     proc = subprocess.run([sys.executable, str(script), str(base), str(perturbed), str(n), str(out)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
