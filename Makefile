@@ -7,7 +7,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv test test-unit demo bench tracking-server clean
+.PHONY: venv lint test test-unit demo bench tracking-server clean
 
 $(STAMP): pyproject.toml requirements/constraints-cpu.txt scripts/setup_env.sh scripts/fix_torchvision_cpu.sh
 	VENV=$(VENV) scripts/setup_env.sh
@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml requirements/constraints-cpu.txt scripts/setup_env.sh s
 
 venv: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dutrain tests
+
+test: lint
 	$(PY) -m pytest tests -q
 
 test-unit: $(STAMP)
