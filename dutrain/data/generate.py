@@ -35,7 +35,7 @@ from dutrain.tracking import stage_run
 from .card import dataset_stats, preview_ids, render_preview
 from dutrain.runtime.cluster import forwarded_env, ray_session
 from dutrain.io.dataset import COLUMNS, parquet_dataset, read_table
-from dutrain.io.images import Rejected, check_size
+from dutrain.io.images import Rejected, check_size, is_text, printable_name
 from .plan import PlanError, plan_crops, plan_shards, shard_name, split_of
 from .shard import run_shard
 from .sources import SourceError, SourceRef, list_sources, load_source, train_only
@@ -131,7 +131,12 @@ def prepare_output(root: Root, cfg: GenerateConfig, params: dict[str, Any],
             root.remove(n)
         return None
     if CARD_FILE in names:
-        same = root.read_json(CARD_FILE).get("fingerprint") == fp
+        try:
+            same = root.read_json(CARD_FILE).get("fingerprint") == fp
+        except (OSError, ValueError, AttributeError) as exc:
+            raise GenerateError(f"output {cfg.output!r} holds a damaged {CARD_FILE} "
+                                f"({type(exc).__name__}); pass overwrite=true to start again or "
+                                f"choose another output") from None
         raise GenerateError(f"output {cfg.output!r} already holds a finished dataset "
                             f"({'made by this same config' if same else 'another config'}); "
                             f"pass overwrite=true to replace it or choose another output")
@@ -140,7 +145,16 @@ def prepare_output(root: Root, cfg: GenerateConfig, params: dict[str, Any],
             raise GenerateError(f"output {cfg.output!r} holds part files but no {PLAN_FILE}; "
                                 f"pass overwrite=true to start again")
         return None
-    plan = root.read_json(PLAN_FILE)
+    try:
+        plan = root.read_json(PLAN_FILE)
+        plan["fingerprint"], plan["shards"]  # noqa: B018 (a plan cut short fails here)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # the plan is a pure function of the config and the sources: rebuild it; part files of
+        # this config carry its fingerprint and are kept (complete_shards checks each one)
+        print(f"generate: warning: {PLAN_FILE} in {cfg.output!r} is damaged "
+              f"({type(exc).__name__}); planning again and keeping the intact part files",
+              file=sys.stderr)
+        return None
     if plan.get("fingerprint") != fp:
         old = plan.get("params", {})
         diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
@@ -197,11 +211,16 @@ def build_plan(ray: Any, cfg: GenerateConfig, params: dict[str, Any], fp: str,
         refs = list_sources(cfg.sources, cfg.storage)
     except SourceError as exc:
         raise GenerateError(str(exc)) from None
-    probed = probe(ray, refs, cfg, storage, runtime_env)
+    named = [r for r in refs if is_text(r.source_id) and is_text(r.uri)]
+    rejects = [{"source_id": printable_name(r.source_id), "uri": printable_name(r.uri),
+                "reason": "file name is not valid UTF-8 (ids and Parquet strings must be "
+                          "text); rename the file"} for r in refs if r not in named]
+    probed = probe(ray, named, cfg, storage, runtime_env) if named else []
     probed = [{**p, "width": int(p["width"]), "height": int(p["height"])} for p in probed]
     usable = [p for p in probed if not p["reason"]]
-    rejects = [{"source_id": p["source_id"], "uri": p["uri"], "reason": p["reason"]}
-               for p in probed if p["reason"]]
+    rejects += [{"source_id": p["source_id"], "uri": p["uri"], "reason": p["reason"]}
+                for p in probed if p["reason"]]
+    rejects.sort(key=lambda r: r["source_id"])
     for p in usable:
         p["split"] = "train" if train_only(p["uri"]) else split_of(
             p["source_id"], cfg.val_fraction, cfg.test_fraction)
@@ -227,7 +246,13 @@ def complete_shards(root: Root, plan: dict[str, Any]) -> set[str]:
     done = set()
     for s in plan["shards"]:
         if s["name"] in present:
-            rows, fp = root.part_rows(s["name"])
+            try:
+                rows, fp = root.part_rows(s["name"])
+            except Exception as exc:  # cut short by a killed process, or not Parquet at all
+                print(f"generate: warning: part file {s['name']} is damaged "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); writing it "
+                      f"again", file=sys.stderr)
+                rows, fp = -1, ""
             if rows == s["rows"] and fp == plan["fingerprint"]:
                 done.add(s["name"])
             else:  # cannot happen through write_rows; a foreign or damaged file is replaced
@@ -269,7 +294,7 @@ def run_shards(ray: Any, plan: dict[str, Any], todo: list[dict[str, Any]], cfg: 
 def write_card_and_preview(root: Root, cfg: GenerateConfig, plan: dict[str, Any],
                            timing: dict[str, Any], local_dir: Path) -> dict[str, Any]:
     table = read_table(cfg.output, columns=["sample_id", "source_id", "split", "annotation"],
-                       storage=cfg.storage)
+                       storage=cfg.storage, allow_partial=True)
     ids = table.column("sample_id").to_pylist()
     if len(ids) != cfg.samples or len(set(ids)) != len(ids):
         raise GenerateError(f"output {cfg.output!r} holds {len(ids)} rows ({len(set(ids))} "
@@ -298,7 +323,7 @@ def write_card_and_preview(root: Root, cfg: GenerateConfig, plan: dict[str, Any]
     preview_rows: list[dict[str, Any]] = []
     want = preview_ids(table, cfg.preview_pairs)
     if want:
-        ds = parquet_dataset(cfg.output, cfg.storage)
+        ds = parquet_dataset(cfg.output, cfg.storage, allow_partial=True)
         picked = ds.to_table(columns=["sample_id", "split", "annotation", "clean", "degraded"],
                              filter=pads.field("sample_id").isin(want)).to_pylist()
         order = {sid: i for i, sid in enumerate(want)}

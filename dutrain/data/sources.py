@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from dutrain.io.images import Rejected, decode_image
+from dutrain.io.images import PERMANENT_ERRNOS, Rejected, decode_image
 from dutrain.degrade.procedural import DEAD_LEAVES, dead_leaves, parse_spec
 from dutrain.io.storage import filesystem
 
@@ -81,8 +81,12 @@ def _list_s3(uri: str, storage: Any) -> list[SourceRef]:
 
 def _list_file(spec: str, storage: Any) -> list[SourceRef]:
     fs, path = filesystem(spec, storage)
-    with fs.open(path, "r") as fh:
-        lines = [ln.strip() for ln in fh.read().splitlines()]
+    try:
+        with fs.open(path, "r", encoding="utf-8") as fh:
+            lines = [ln.strip() for ln in fh.read().splitlines()]
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"source list {spec!r} is not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start})") from None
     folder = posixpath.dirname(spec) if spec.startswith("s3://") else os.path.dirname(
         os.path.abspath(spec))
     out = []
@@ -151,6 +155,8 @@ def read_bytes(uri: str, storage: Any = None) -> bytes:
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             raise Rejected(f"cannot read: {type(exc).__name__}: {exc}") from None
         except OSError as exc:
+            if exc.errno in PERMANENT_ERRNOS:  # a symlink loop, a folder: retrying cannot help
+                raise Rejected(f"cannot read: {exc.strerror or type(exc).__name__}") from None
             if attempt == _READ_TRIES - 1:
                 raise Rejected(f"read failed {_READ_TRIES} times: {type(exc).__name__}: {exc}") \
                     from None

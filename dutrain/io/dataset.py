@@ -18,9 +18,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dutrain.schema import SPLITS
-
 from dutrain.errors import UserError
+from dutrain.schema import SPLITS
 
 from .storage import filesystem
 
@@ -53,7 +52,8 @@ def _short(names: list[str]) -> str:
     return ", ".join(names[:3]) + (f" … ({len(names)} in all)" if len(names) > 3 else "")
 
 
-def check_dataset(root: str, storage: Any = None, allow_partial: bool = False) -> tuple[Any, list[str]]:
+def check_dataset(root: str, storage: Any = None,
+                  allow_partial: bool = False) -> tuple[Any, list[str]]:
     """(filesystem, sorted part-file paths) of a readable dataset; else DatasetError in one line.
 
     One check for every reader (eval, sft, rl, restore): the root must hold Parquet part files
@@ -72,7 +72,8 @@ def check_dataset(root: str, storage: Any = None, allow_partial: bool = False) -
         found = []
     if not found and not fs.isdir(path):
         raise DatasetError(f"no dutrain dataset at '{root}': no such folder")
-    top = {p.rstrip("/").rsplit("/", 1)[-1] for p in found if p.rstrip("/").rsplit("/", 1)[0] == path}
+    top = {p.rstrip("/").rsplit("/", 1)[-1] for p in found
+           if p.rstrip("/").rsplit("/", 1)[0] == path}
     files = []
     for p in sorted(found):
         rel = p[len(path):].strip("/").split("/")

@@ -14,12 +14,18 @@ Rejected, never converted: empty files, bytes Pillow cannot identify (non-images
 extensions), truncated or corrupt data, floating-point images (mode ``F``), images with more than
 `max_pixels` pixels (decompression-bomb guard, checked from the header before decoding), and
 images smaller than the crop in either side. Smaller images are not upscaled: interpolation blur
-would be an unannotated degradation.
+would be an unannotated degradation. File names that are not valid UTF-8 are rejected by
+`generate` (ids are text); `printable_name` shows them with ``\\xNN`` escapes.
+
+Every verb that reads a user's image file (`generate` via `dutrain.data.sources`, `restore`)
+decodes it here, so the same file gives the same pixels everywhere.
 """
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 import warnings
 
 import numpy as np
@@ -90,3 +96,36 @@ def check_size(image: np.ndarray, size: int) -> None:
     h, w = image.shape[:2]
     if h < size or w < size:
         raise Rejected(f"too small: {w}x{h} < image_size {size} (images are not upscaled)")
+
+
+def is_text(name: str) -> bool:
+    """False for a file name with bytes that are not UTF-8 (Python keeps them as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(name: str) -> str:
+    """A file name as valid text: undecodable bytes shown as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace") if not is_text(name) else name
+
+
+#: read errors that a retry cannot fix
+PERMANENT_ERRNOS = (errno.ENOENT, errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP,
+                    errno.ENOTDIR, errno.ENAMETOOLONG)
+
+
+def read_local(path: str | os.PathLike[str]) -> bytes:
+    """A local file's bytes; any OS error is a Rejected naming it (no retry: local)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise Rejected(f"cannot read: {exc.strerror or type(exc).__name__}") from None
+
+
+def load_image_file(path: str | os.PathLike[str], max_pixels: int) -> tuple[np.ndarray, str]:
+    """A local image file → (RGB uint8 H×W×3, conversion note); raises Rejected with the reason."""
+    return decode_image(read_local(path), max_pixels)

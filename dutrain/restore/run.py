@@ -24,13 +24,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dutrain.config.restore import RestoreConfig
-from dutrain.degrade import to_rgb_uint8
+from dutrain.errors import UserError
+from dutrain.io.images import Rejected, load_image_file, printable_name
 from dutrain.schema import CLEAN, TYPES, canonical_json, canonicalize, parse_answer, types_of
 from dutrain.tracking import stage_run
 
 from .classical import restore as restore_classical
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: decompression-bomb guard (generate's `max_pixels` default)
+MAX_PIXELS = 100_000_000
 KINDS = ("identity", "oracle", "predicted")
 PSNR_CAP = 60.0
 
@@ -49,14 +52,16 @@ class Item:
 # ------------------------------------------------------------------------------------- inputs
 
 def read_image(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        im = im.convert("RGBA" if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-                        else "RGB")
-        return to_rgb_uint8(np.asarray(im))
+    """A user's image file decoded by the one loader every verb uses (`dutrain.io.images`:
+    16-bit keeps the high byte, grey → RGB, alpha on white …); raises Rejected with the reason."""
+    return load_image_file(path, MAX_PIXELS)[0]
 
 
-def load_items(cfg: RestoreConfig) -> list[Item]:
-    """The images to restore: a dataset split, a folder of images or one image file."""
+def load_items(cfg: RestoreConfig, rejected: list[dict[str, str]] | None = None) -> list[Item]:
+    """The images to restore: a dataset split, a folder of images or one image file.
+
+    A folder's unreadable files go to `rejected` ({"image", "reason"}) and the rest are restored;
+    a UserError when no image could be read."""
     if cfg.split is not None:
         from dutrain.io.dataset import decode_png, read_table
         rows = read_table(cfg.input, [cfg.split], ["sample_id", "degraded", "clean", "annotation"],
@@ -75,7 +80,20 @@ def load_items(cfg: RestoreConfig) -> list[Item]:
     else:
         raise FileNotFoundError(f"input '{cfg.input}' is neither an image file nor a folder "
                                 f"(a dataset root needs split=...)")
-    return [Item(p.name, read_image(p)) for p in files[:cfg.limit]]
+    items, bad = [], []
+    for p in files[:cfg.limit]:
+        name = printable_name(p.name)
+        try:
+            items.append(Item(name, read_image(p)))
+        except Rejected as exc:
+            bad.append({"image": name, "reason": str(exc)})
+    if rejected is not None:
+        rejected.extend(bad)
+    if not items:
+        raise UserError(f"none of the {len(bad)} image(s) in '{cfg.input}' could be read: "
+                        + "; ".join(f"{b['image']}: {b['reason']}" for b in bad[:3])
+                        + (" …" if len(bad) > 3 else ""))
+    return items
 
 
 def _annotation_of(obj: dict[str, Any], where: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -288,8 +306,18 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
     """Do the work of `dutrain restore` and write every output; returns metrics and paths."""
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    items = load_items(cfg)
+    rejected: list[dict[str, str]] = []
+    items = load_items(cfg, rejected)
     notes: list[str] = []
+    for b in rejected:
+        print(f"dutrain restore: warning: skipped {b['image']}: {b['reason']}", file=sys.stderr)
+    if rejected:
+        notes.append(f"{len(rejected)} image(s) could not be read and were skipped (see "
+                     f"rejected.jsonl): " + ", ".join(b["image"] for b in rejected[:5])
+                     + (" …" if len(rejected) > 5 else ""))
+    with open(out / "rejected.jsonl", "w") as f:
+        for b in rejected:
+            f.write(json.dumps(b) + "\n")
     if cfg.annotation is not None:
         given_annotations(cfg, items)
     elif cfg.model is not None:
@@ -344,7 +372,7 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
         (out / "report.md").write_text(report + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return {"metrics": metrics, "report": report, "notes": notes, "output": out,
-            "count": len(items)}
+            "count": len(items), "rejected": rejected}
 
 
 def run(cfg: RestoreConfig) -> int:
@@ -364,7 +392,8 @@ def _run(cfg: RestoreConfig) -> int:
         out: Path = res["output"]
         run.log_metrics(res["metrics"])
         for name in ("grid.png", "metrics.json", "annotations.jsonl") + \
-                (("report.md",) if res["report"] else ()):
+                (("report.md",) if res["report"] else ()) + \
+                (("rejected.jsonl",) if res["rejected"] else ()):
             run.log_artifact(out / name)
         run.set_tags({"dutrain.model": system, "dutrain.restore.backend": cfg.restore.backend})
     text = res["report"] or "\n".join(f"note: {n}" for n in res["notes"])
@@ -372,4 +401,7 @@ def _run(cfg: RestoreConfig) -> int:
         print(text)
     print(f"restored {res['count']} image(s) → {out / 'restored'}  grid: {out / 'grid.png'}"
           + (f"  mlflow run: {run.run_id}" if run.active else ""))
+    if res["rejected"]:
+        print(f"dutrain restore: warning: {len(res['rejected'])} image(s) skipped, "
+              f"{res['count']} restored; reasons in {out / 'rejected.jsonl'}", file=sys.stderr)
     return 0
