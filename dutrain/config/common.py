@@ -39,7 +39,7 @@ class RayConfig:
 
 @configclass
 class RewardWeights:
-    """Weights of the reward `total` (DESIGN.md §6); the defaults sum to 1."""
+    """Weights of the reward `total` (docs/design.md §6); the defaults sum to 1."""
 
     format: float = option(0.1, "weight of the format component", min=0)
     type: float = option(0.4, "weight of the type component", min=0)

@@ -49,6 +49,6 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
          "restore images with the physics an annotation names (given, true or predicted)"),
 ]}
 
-# Listed in the order a user meets them (DESIGN.md §7).
+# Listed in the order a user meets them (docs/design.md §7).
 _ORDER = ("generate", "sft", "rl", "eval", "restore", "compare", "pipeline", "submit")
 VERBS = {k: VERBS[k] for k in sorted(VERBS, key=lambda k: _ORDER.index(k) if k in _ORDER else 99)}

@@ -30,7 +30,7 @@ from .plan import Crop, derive_seed
 from .sources import load_source
 from dutrain.io.storage import filesystem, is_remote
 
-#: DESIGN.md §4, fixed
+#: docs/design.md §4, fixed
 SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("source_id", pa.string()), ("split", pa.string()),
     ("seed", pa.int64()), ("clean", pa.binary()), ("degraded", pa.binary()),

@@ -10,7 +10,7 @@ Re-applying an annotation (a contract for outside programs):
    its stage, never on which other operators are in the chain;
 4. the result is quantized once, ``rint(clip(I, 0, 1) * 255)`` (half to even); a chain that ends
    in ``jpeg`` is quantized right before the encoder and the decoded bytes are the result.
-The physics of each operator is written in its module's docstring (DESIGN.md §3).
+The physics of each operator is written in its module's docstring (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Measured image cues that the chain of thought cites (DESIGN.md §5).
+"""Measured image cues that the chain of thought cites (docs/design.md §5).
 
 All cues are computed on the uint8 RGB image (grey = BT.601 luma, 0-255 scale unless noted):
 - ``hf_energy``: mean |4-neighbour Laplacian| of the grey image (DN); blur and down-sampling

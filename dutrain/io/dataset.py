@@ -1,4 +1,4 @@
-"""Reading a dutrain dataset (DESIGN.md §4): Parquet rows with PNG bytes and an annotation.
+"""Reading a dutrain dataset (docs/design.md §4): Parquet rows with PNG bytes and an annotation.
 
 This is the one reader every stage uses (SFT, RL, eval, restore); it works on a local root or
 an s3:// root and never loads columns it is not asked for.

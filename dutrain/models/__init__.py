@@ -1,4 +1,4 @@
-"""VLM build/load, prompt formatting and the one vLLM engine wrapper (DESIGN.md §2).
+"""VLM build/load, prompt formatting and the one vLLM engine wrapper (docs/design.md §2).
 
 `resolve_model("tiny" | dir | s3://… | hub id)` → a local HF directory; `load_model` /
 `load_processor` for transformers; `dutrain.models.engine.VLLMEngine` for vLLM (imported

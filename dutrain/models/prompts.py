@@ -1,4 +1,4 @@
-"""THE prompt and chat formatting shared by SFT, RL and evaluation (DESIGN.md §5).
+"""THE prompt and chat formatting shared by SFT, RL and evaluation (docs/design.md §5).
 
 A prompt is one user turn: the image first, then the instruction. Each model formats it with
 its own chat template (the tiny model carries Qwen2-VL's), so a production checkpoint and the

@@ -1,7 +1,7 @@
 """Classical restoration driven by an annotation: the inverse of each stage, in reverse order.
 
 The annotation says which inverse problem to solve; each step below is a well-known, non-learned
-operator whose parameters come from the annotation (DESIGN.md §3 gives the forward physics):
+operator whose parameters come from the annotation (docs/design.md §3 gives the forward physics):
 
 - jpeg: re-application of JPEG at the annotated quality on the 64 shifts of the 8×8 grid,
   averaged (Nosratinia 2001), blended with the input by a weight that falls from 0.6

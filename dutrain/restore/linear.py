@@ -4,7 +4,7 @@ Tensors are (N, C, H, W) float64. Each operator provides ``A``, its adjoint ``At
 with ``A·pinv·A = A``, which is all the range–null-space decomposition needs: for any x,
 ``x̂ = A⁺y + (I − A⁺A)x`` satisfies ``A x̂ = A A⁺ y``, which equals y for every y in the range of A.
 
-How each A relates to the dataset's exact forward physics (DESIGN.md §3):
+How each A relates to the dataset's exact forward physics (docs/design.md §3):
 - `Resample` (downsample): ``X -> Mh X Mwᵀ`` with ``M = U·D`` the matrices of Pillow's bicubic
   down- and up-resize along each axis (`physics.downsample_matrix`). This *is* the library's
   operator, except that the library clips bicubic overshoot to [0, 1] after each resize.

@@ -1,4 +1,4 @@
-"""The dataset's linear forward physics as explicit operators (DESIGN.md §3), for inversion.
+"""The dataset's linear forward physics as explicit operators (docs/design.md §3), for inversion.
 
 - `psf(type, params)`: the blur kernel of an annotation, built by the degradation library's own
   kernel builders (`dutrain.degrade.blur`), so restoration inverts exactly what was applied.

@@ -6,7 +6,7 @@ before/after grid and, on a dataset split, PSNR/SSIM against clean for three ann
 - predicted: the annotation a VLM or baseline read off the degraded image (`model=`), or the
   one given in a file (`annotation=`).
 
-Metric keys (DESIGN.md §8): ``{split}/psnr/{kind}`` and ``{split}/ssim/{kind}``, and per type
+Metric keys (docs/design.md §8): ``{split}/psnr/{kind}`` and ``{split}/ssim/{kind}``, and per type
 ``{split}/psnr/{kind}/{type}``; a sample counts for every type in its chain, an empty chain as
 ``clean``. PSNR of an exact copy is capped at `PSNR_CAP` dB so means stay finite.
 """

@@ -1,4 +1,4 @@
-"""Structured rewards (DESIGN.md §6): small pure functions, shared by RL and evaluation.
+"""Structured rewards (docs/design.md §6): small pure functions, shared by RL and evaluation.
 
     from dutrain.rewards import score
     score(completion, reference_annotation)  # {'format', 'type', 'key', 'value', 'total'}

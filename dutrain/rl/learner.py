@@ -10,14 +10,27 @@ world size to make the update equal to one big batch's. Rank 0 serves the weight
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
+import ray
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
 from dutrain.config.rl import RLConfig
+from dutrain.models import load_model, load_processor
+from dutrain.models.engine import state_dict_bytes
+from dutrain.models.prompts import encode_prompts
 
 from .batch import Batch
+from .checkpoint import fetch_dir, local_staging, upload_dir
+from .loss import grpo_token_loss, token_logprobs
 
 #: tokens that only the prompt may hold: a sampled one would be read as an image slot
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
@@ -71,8 +84,6 @@ def encode_sequences(processor: Any, images: list[Any],
 
 def pad_per_token(values: list[list[float]], starts: list[int], width: int) -> "Any":
     """Per-completion-token values placed on the logits frame (B, width) used by `mask`."""
-    import torch
-
     out = torch.zeros((len(values), width), dtype=torch.float32)
     for i, (v, s) in enumerate(zip(values, starts)):
         if len(v):
@@ -86,8 +97,6 @@ def weight_stats(state: dict[str, Any]) -> dict[str, float]:
     Shared tensors (tied embeddings) count once; zero padding (vLLM pads the vocabulary) does
     not change any of the three.
     """
-    import torch
-
     seen: set[tuple[int, int]] = set()
     total, sq, count = 0.0, 0.0, 0
     for v in state.values():
@@ -117,12 +126,20 @@ def set_warmup_lr(opt: Any, lr: float, warmup_steps: int) -> float:
     return now
 
 
+def _add_token_sums(sums: dict[str, float], mask: Any, entropy: Any,
+                    stats: dict[str, Any]) -> None:
+    """Add a micro-batch's token count and per-token entropy / loss statistics to `sums`."""
+    sums["tokens"] += float(mask.sum())
+    sums["entropy"] += float((entropy * mask).sum())
+    for k in ("kl", "clipped", "is_weight", "is_truncated", "mismatch_kl"):
+        if k in stats:
+            sums[k] += float((stats[k] * mask).sum())
+
+
 class LearnerWorker:
     """One learner rank. Created by `LearnerGroup`; methods are called through Ray."""
 
     def __init__(self, rank: int, world: int, model_dir: str, cfg: RLConfig):
-        import torch
-
         self.rank, self.world, self.cfg = rank, world, cfg
         self.model_dir = str(model_dir)
         lc = cfg.learner
@@ -134,10 +151,6 @@ class LearnerWorker:
     # ------------------------------------------------------------------------------ set-up
     def address(self) -> tuple[str, int]:
         """(node IP, free port) for the process group's rendezvous (asked of rank 0)."""
-        import socket
-
-        import ray
-
         ip = ray.util.get_node_ip_address()
         with socket.socket() as s:
             s.bind((ip, 0))
@@ -145,12 +158,6 @@ class LearnerWorker:
 
     def setup(self, master_addr: str, master_port: int, init_dir: str | None = None) -> int:
         """Join the process group, load the policy (from `init_dir` on resume) and optimiser."""
-        import torch
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        from dutrain.models import load_model, load_processor
-
         lc = self.cfg.learner
         backend = lc.backend if lc.backend != "auto" else \
             ("nccl" if self.device == "cuda" else "gloo")
@@ -161,7 +168,6 @@ class LearnerWorker:
         torch.manual_seed(self.cfg.seed + self.rank)
         src = self.model_dir
         if init_dir:  # resume: this node's copy of the checkpoint
-            from .checkpoint import fetch_dir
             self.init_dir = fetch_dir(init_dir, self.cfg.storage)
             src = str(Path(self.init_dir) / "model")
         self.processor = load_processor(self.model_dir)
@@ -188,83 +194,94 @@ class LearnerWorker:
                   if k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw",
                            "mm_token_type_ids")}
         logits = model(**inputs).logits[:, :-1]
-        from .loss import token_logprobs
         return token_logprobs(logits, enc["targets"].to(self.device), self.cfg.rollout.temperature,
                               self.banned)
 
     def train_step(self, shard: Batch) -> dict[str, float]:
-        """One optimiser step on this rank's shard; returns sums for the controller to reduce."""
-        import contextlib
-
-        import torch
-
-        from .loss import grpo_token_loss
-
+        """One optimiser step per epoch on this rank's shard; returns sums for the controller to
+        reduce."""
         t0 = time.perf_counter()
-        lc, lossc = self.cfg.learner, self.cfg.loss
-        n = len(shard)
-        micro = [list(range(i, min(n, i + lc.micro_batch_size)))
-                 for i in range(0, n, lc.micro_batch_size)]
-        encs = [encode_sequences(self.processor, [shard["image"][i] for i in idx],
-                                 [shard["completion_ids"][i] for i in idx]) for idx in micro]
-        old = None
-        if lc.epochs > 1:  # the policy moves between passes: freeze the pre-update log-probs
-            with torch.no_grad():
-                old = [self._forward_logprobs(self.ddp.module, e)[0] for e in encs]
-        sums = {k: 0.0 for k in ("entropy", "kl", "clipped", "is_weight", "is_truncated",
-                                 "mismatch_kl", "tokens", "loss")}
+        lc = self.cfg.learner
+        micro, encs = self._encode(shard)
+        old = self._old_logprobs(encs)
+        sums = dict.fromkeys(("entropy", "kl", "clipped", "is_weight", "is_truncated",
+                              "mismatch_kl", "tokens", "loss"), 0.0)
         grad_norm = 0.0
         for epoch in range(lc.epochs):
             for m, (idx, enc) in enumerate(zip(micro, encs)):
-                width = enc["mask"].shape[1]
-                mask = enc["mask"].to(self.device)
-                rollout_lp = pad_per_token([shard["logprobs"][i] for i in idx], enc["starts"],
-                                           width).to(self.device)
-                adv = torch.tensor([shard["advantage"][i] for i in idx],
-                                   dtype=torch.float32, device=self.device)[:, None]
-                w = torch.tensor([shard["token_weight"][i] for i in idx],
-                                 dtype=torch.float32, device=self.device)[:, None] * mask
-                sync = contextlib.nullcontext() if m == len(micro) - 1 else self.ddp.no_sync()
-                with sync:
-                    logp, entropy = self._forward_logprobs(self.ddp, enc)
-                    logp_old = old[m].to(self.device) if old is not None else logp.detach()
-                    ref_lp = None
-                    if self.ref is not None:
-                        with torch.no_grad():
-                            ref_lp = self._forward_logprobs(self.ref, enc)[0]
-                    tok_loss, st = grpo_token_loss(
-                        logp, logp_old, rollout_lp, adv, clip_low=lossc.clip_low,
-                        clip_high=lossc.clip_high, importance_sampling=lossc.importance_sampling,
-                        is_cap=lossc.is_cap, logp_ref=ref_lp, kl_coef=lossc.kl_coef)
-                    loss = (tok_loss * w).sum()
-                    (loss * self.world).backward()
+                loss, entropy, st, mask = self._micro_step(
+                    shard, idx, enc, old[m] if old is not None else None,
+                    sync=m == len(micro) - 1)
                 if epoch == 0:
-                    sums["tokens"] += float(mask.sum())
-                    sums["entropy"] += float((entropy.detach() * mask).sum())
-                    for k in ("kl", "clipped", "is_weight", "is_truncated", "mismatch_kl"):
-                        if k in st:
-                            sums[k] += float((st[k] * mask).sum())
-                sums["loss"] += float(loss.detach()) / lc.epochs
-            if lc.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.ddp.parameters(),
-                                                                 lc.grad_clip))
-            else:
-                grads = [p.grad for p in self.ddp.parameters() if p.grad is not None]
-                grad_norm = float(torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads)))
-            set_warmup_lr(self.opt, lc.lr, lc.warmup_steps)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
+                    _add_token_sums(sums, mask, entropy, st)
+                sums["loss"] += float(loss) / lc.epochs
+            grad_norm = self._optimizer_step()
         sums["grad_norm"] = grad_norm
         sums["seconds"] = time.perf_counter() - t0
-        sums["sequences"] = float(n)
+        sums["sequences"] = float(len(shard))
         sums["has_kl"] = float(self.ref is not None)
         return sums
+
+    def _encode(self, shard: Batch) -> tuple[list[list[int]], list[dict[str, Any]]]:
+        """The shard's micro-batches (row indices) and their model inputs."""
+        n, size = len(shard), self.cfg.learner.micro_batch_size
+        micro = [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+        encs = [encode_sequences(self.processor, [shard["image"][i] for i in idx],
+                                 [shard["completion_ids"][i] for i in idx]) for idx in micro]
+        return micro, encs
+
+    def _old_logprobs(self, encs: list[dict[str, Any]]) -> list[Any] | None:
+        """With several epochs the policy moves between passes: the pre-update log-probs, frozen.
+        None with one epoch (the ratio is then taken to the detached current log-probs)."""
+        if self.cfg.learner.epochs <= 1:
+            return None
+        with torch.no_grad():
+            return [self._forward_logprobs(self.ddp.module, e)[0] for e in encs]
+
+    def _micro_step(self, shard: Batch, idx: list[int], enc: dict[str, Any], logp_old: Any,
+                    sync: bool) -> tuple[Any, Any, dict[str, Any], Any]:
+        """Forward and backward of one micro-batch (DDP all-reduces the gradients only when
+        `sync`): the GRPO token loss weighted by the token weights. Returns the loss, the
+        entropy, the loss's per-token statistics and the completion mask (all detached)."""
+        lossc = self.cfg.loss
+        mask = enc["mask"].to(self.device)
+        rollout_lp = pad_per_token([shard["logprobs"][i] for i in idx], enc["starts"],
+                                   mask.shape[1]).to(self.device)
+        adv = torch.tensor([shard["advantage"][i] for i in idx],
+                           dtype=torch.float32, device=self.device)[:, None]
+        w = torch.tensor([shard["token_weight"][i] for i in idx],
+                         dtype=torch.float32, device=self.device)[:, None] * mask
+        with contextlib.nullcontext() if sync else self.ddp.no_sync():
+            logp, entropy = self._forward_logprobs(self.ddp, enc)
+            logp_old = logp_old.to(self.device) if logp_old is not None else logp.detach()
+            ref_lp = None
+            if self.ref is not None:
+                with torch.no_grad():
+                    ref_lp = self._forward_logprobs(self.ref, enc)[0]
+            tok_loss, st = grpo_token_loss(
+                logp, logp_old, rollout_lp, adv, clip_low=lossc.clip_low,
+                clip_high=lossc.clip_high, importance_sampling=lossc.importance_sampling,
+                is_cap=lossc.is_cap, logp_ref=ref_lp, kl_coef=lossc.kl_coef)
+            loss = (tok_loss * w).sum()
+            (loss * self.world).backward()  # DDP averages: scaled to one big batch's gradient
+        return loss.detach(), entropy.detach(), st, mask
+
+    def _optimizer_step(self) -> float:
+        """Clip (or just measure) the gradient norm, set the warm-up lr, step; the norm."""
+        lc = self.cfg.learner
+        if lc.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.ddp.parameters(), lc.grad_clip))
+        else:
+            grads = [p.grad for p in self.ddp.parameters() if p.grad is not None]
+            grad_norm = float(torch.sqrt(sum((g.detach().float() ** 2).sum() for g in grads)))
+        set_warmup_lr(self.opt, lc.lr, lc.warmup_steps)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return grad_norm
 
     # ------------------------------------------------------------------------------ weights
     def weights_payload(self) -> tuple[bytes, float]:
         """The policy as safetensors bytes (what the rollout engines load), and seconds taken."""
-        from dutrain.models.engine import state_dict_bytes
-
         t0 = time.perf_counter()
         data = state_dict_bytes(self.ddp.module.state_dict())
         return data, time.perf_counter() - t0
@@ -274,10 +291,6 @@ class LearnerWorker:
 
     def greedy(self, images: list[Any], max_tokens: int) -> list[list[int]]:
         """transformers' greedy completions (token ids, prompt excluded) on the current weights."""
-        import torch
-
-        from dutrain.models.prompts import encode_prompts
-
         enc = encode_prompts(self.processor, images)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         if "mm_token_type_ids" not in enc:
@@ -309,12 +322,6 @@ class LearnerWorker:
     def save(self, uri: str, optimizer: bool = True) -> str:
         """Rank 0: a checkpoint at `uri` (`model/` HF directory + `optimizer.pt`), or with
         `optimizer=False` just the HF model directory at `uri` (the run's final model)."""
-        import shutil
-
-        import torch
-
-        from .checkpoint import local_staging, upload_dir
-
         staging, remote = local_staging(uri)
         d = Path(staging)
         model_dir = d / "model" if optimizer else d
@@ -328,6 +335,5 @@ class LearnerWorker:
         return uri
 
     def close(self) -> None:
-        import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Rewards of one RL completion: the structured scorer of DESIGN.md §6, or a toy reward.
+"""Rewards of one RL completion: the structured scorer of docs/design.md §6, or a toy reward.
 
 Both return a dict with a `total` the advantages are computed from; the structured one adds the
 `format`/`type`/`key`/`value` components (logged as `reward/{component}`).
@@ -38,5 +38,5 @@ def reward_function(kind: str, weights: Mapping[str, float] | None = None,
 
 
 def format_valid(completion: str) -> bool:
-    """The completion meets the answer contract of DESIGN.md §5 (tags, JSON, taxonomy, grid)."""
+    """The completion meets the answer contract of docs/design.md §5 (tags, JSON, taxonomy, grid)."""
     return bool(parse_answer(completion).ok)

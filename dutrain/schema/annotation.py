@@ -1,4 +1,4 @@
-"""Annotations: validation, canonical form and canonical JSON (DESIGN.md §4, fixed).
+"""Annotations: validation, canonical form and canonical JSON (docs/design.md §4, fixed).
 
 An annotation is a plain dict ``{"degradations": [{"type": t, "params": {k: v}}, ...]}``; this
 module turns any such dict into its canonical form (stage order, taxonomy key order, values on
@@ -136,7 +136,7 @@ def canonicalize(annotation: Any, snap: bool = False) -> Annotation:
 
 
 def canonical_json(annotation: Any) -> str:
-    """The one canonical JSON text of an annotation (DESIGN.md §4).
+    """The one canonical JSON text of an annotation (docs/design.md §4).
 
     >>> canonical_json({"degradations": [{"type": "jpeg", "params": {"quality": 35}},
     ...                                  {"type": "gaussian_blur", "params": {"sigma": 1.7}}]})

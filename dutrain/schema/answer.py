@@ -1,4 +1,4 @@
-"""The model's text format (DESIGN.md §5, fixed): render and parse.
+"""The model's text format (docs/design.md §5, fixed): render and parse.
 
     <think>…measured cues and what they imply…</think>
     <answer>{"degradations": [...]}</answer>

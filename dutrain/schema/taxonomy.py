@@ -1,4 +1,4 @@
-"""The degradation taxonomy v1 of DESIGN.md §3, as data.
+"""The degradation taxonomy v1 of docs/design.md §3, as data.
 
 Names are a public contract (fixed); ranges may be extended. Every value lives on a grid: the
 multiples of the key's `step` (Poisson's `peak` uses step 1 below 10 and 5 from 10 on), written
@@ -13,7 +13,7 @@ from typing import Mapping
 
 Number = int | float
 
-#: the dataset splits, in order (DESIGN.md §4); `train` and `ood` also name a key's two
+#: the dataset splits, in order (docs/design.md §4); `train` and `ood` also name a key's two
 #: value ranges (`ParamSpec.grid_for`)
 SPLITS = ("train", "val", "test", "ood")
 
@@ -47,7 +47,7 @@ class ParamSpec:
 
     @property
     def width(self) -> float:
-        """Scale of the value error: the width of the train range (DESIGN.md §6)."""
+        """Scale of the value error: the width of the train range (docs/design.md §6)."""
         return self.train[1] - self.train[0]
 
     def _step_at(self, v: float) -> float:

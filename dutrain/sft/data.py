@@ -1,7 +1,7 @@
 """SFT data: Parquet rows → (degraded PNG, target text), read and prepared with Ray Data, one
 deterministic shard per worker, and a seeded batch order that a resumed run can replay.
 
-The target is the model text of DESIGN.md §5: reasoning that cites cues measured on the
+The target is the model text of docs/design.md §5: reasoning that cites cues measured on the
 degraded image (`dutrain.degrade.measure_cues` / `write_reasoning`), then the canonical answer.
 Cues are measured once per row here, in parallel Ray Data tasks, not per step.
 """

@@ -1,4 +1,4 @@
-"""MLflow runs for dutrain stages (DESIGN.md §8). Side effects on rank 0 only.
+"""MLflow runs for dutrain stages (docs/design.md §8). Side effects on rank 0 only.
 
     with stage_run(cfg, "generate") as run:
         run.log_metrics({"rows_per_s": 31.2})

@@ -1,7 +1,7 @@
 """A small dutrain dataset written straight from `dutrain.degrade` for the eval tests.
 
 `write_dataset` is imported by the other eval tests; the test here checks that what it writes is
-a dataset the shared reader understands (DESIGN.md §4 columns, canonical annotations).
+a dataset the shared reader understands (docs/design.md §4 columns, canonical annotations).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Physics of each operator against an independent formula or library call (DESIGN.md §3)."""
+"""Physics of each operator against an independent formula or library call (docs/design.md §3)."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_downsample_matches_pillow(natural, scale):
     out = apply_chain(natural, chain(("downsample", {"scale": scale})), 0)
     size = (round(w * scale), round(h * scale))
     bic = Image.Resampling.BICUBIC
-    # exact: the float pipeline of DESIGN.md, written out with Pillow "F" images
+    # exact: the float pipeline of docs/design.md, written out with Pillow "F" images
     def resize(x, sz):
         return np.clip(np.asarray(Image.fromarray(x).resize(sz, bic)), 0, 1)
     chans = [resize(resize(natural[:, :, c].astype(np.float32) / np.float32(255), size), (w, h))

@@ -1,4 +1,4 @@
-"""Structured rewards: the properties of DESIGN.md §6 and fuzzing that nothing raises."""
+"""Structured rewards: the properties of docs/design.md §6 and fuzzing that nothing raises."""
 
 from __future__ import annotations
 

@@ -152,7 +152,7 @@ def test_severity_spans_the_train_range_and_ood_is_the_strong_side(t):
     sev = [spec.severity({**base, key: v}) for v in train]
     assert min(sev) == 0.0 and max(sev) == 1.0 and all(0.0 <= s <= 1.0 for s in sev)
     assert sev == sorted(sev) or sev == sorted(sev, reverse=True)  # monotone in the value
-    # DESIGN.md puts every OOD range beyond the strong end: the sign agrees with it
+    # docs/design.md puts every OOD range beyond the strong end: the sign agrees with it
     assert all(spec.severity({**base, key: v}) == 1.0 for v in p.grid_for("ood")
                if not p.train[0] < v < p.train[1])
 
