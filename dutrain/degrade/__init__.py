@@ -1,4 +1,4 @@
-"""Physical degradation library (docs/design.md §3): operators, registry, chain sampler and applier.
+"""Physical degradation library (docs/design.md §3): operators, registry, chain sampler, applier.
 
 `apply_chain(image_uint8_hwc, annotation, seed)` is the public, deterministic entry point; the
 conventions an outside program needs to re-apply an annotation are in `chain` and in each

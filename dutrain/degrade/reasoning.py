@@ -1,4 +1,5 @@
-"""The `<think>` text: measured cues and what they imply for the annotated chain (docs/design.md §5).
+"""The `<think>` text: measured cues and what they imply for the annotated chain (design §5:
+docs/design.md).
 
 One sentence lists the core cues measured on this image; a second names, for each degradation of
 the chain in stage order, the cues that reveal it (or, for a clean image, says none is implied).

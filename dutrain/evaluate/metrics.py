@@ -1,4 +1,5 @@
-"""Evaluation metrics of docs/design.md §6/§8, computed with the reward scorer (one scorer for both).
+"""Evaluation metrics of docs/design.md §6/§8, computed with the reward scorer (one scorer for
+both).
 
 Per split (keys ``{split}/{metric}``):
 - ``format_valid``: share of samples whose completion meets the format contract;

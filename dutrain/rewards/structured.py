@@ -1,4 +1,4 @@
-"""Structured rewards of docs/design.md §6: `format`, `type`, `key`, `value` and their weighted `total`.
+"""Structured rewards (docs/design.md §6): `format`, `type`, `key`, `value`, their weighted `total`.
 
 Every component is a small pure function ``f(answer, reference) -> float in [0, 1]`` where
 `answer` is the completion text (or an :class:`Answer` already read from it) and `reference` the

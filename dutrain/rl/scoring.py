@@ -38,5 +38,6 @@ def reward_function(kind: str, weights: Mapping[str, float] | None = None,
 
 
 def format_valid(completion: str) -> bool:
-    """The completion meets the answer contract of docs/design.md §5 (tags, JSON, taxonomy, grid)."""
+    """The completion meets the answer contract of docs/design.md §5 (tags, JSON, taxonomy, grid).
+    """
     return bool(parse_answer(completion).ok)

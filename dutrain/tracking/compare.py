@@ -21,7 +21,8 @@ from dutrain.schema import SPLITS
 from .mlflow_run import stage_run, tracking_uri
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-#: metric names preferred when none are chosen (docs/design.md §8; after any split prefix), in order
+#: metric names preferred when none are chosen (docs/design.md §8; after any split prefix), in
+#: order
 HEADLINE = ("type_f1", "type_exact", "format_valid", "key_acc", "value_nmae", "value_within_1_step",
             "reward/total", "psnr/predicted", "rl/kl", "loss")
 
