@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from dutrain.rewards import DEFAULT_WEIGHTS
+
 from .core import ConfigError, configclass, option
 
 
@@ -39,12 +41,12 @@ class RayConfig:
 
 @configclass
 class RewardWeights:
-    """Weights of the reward `total` (docs/design.md §6); the defaults sum to 1."""
+    """Weights of the reward `total` (docs/design.md §6); the defaults, `DEFAULT_WEIGHTS`, sum to 1."""
 
-    format: float = option(0.1, "weight of the format component", min=0)
-    type: float = option(0.4, "weight of the type component", min=0)
-    key: float = option(0.1, "weight of the key component", min=0)
-    value: float = option(0.4, "weight of the value component", min=0)
+    format: float = option(DEFAULT_WEIGHTS["format"], "weight of the format component", min=0)
+    type: float = option(DEFAULT_WEIGHTS["type"], "weight of the type component", min=0)
+    key: float = option(DEFAULT_WEIGHTS["key"], "weight of the key component", min=0)
+    value: float = option(DEFAULT_WEIGHTS["value"], "weight of the value component", min=0)
 
     def as_dict(self) -> dict[str, float]:
         return {f.name: float(getattr(self, f.name)) for f in fields(self)}

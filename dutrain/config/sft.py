@@ -6,9 +6,14 @@ from .common import RayConfig, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
 
 
+#: initialisations of the tiny model's patch embedding (`dutrain.models.tiny`)
+PATCH_INITS = ("random", "dct", "dct_block")
+
+
 @configclass
 class TinyModelConfig:
-    """Sizes of the tiny model built when `model: tiny` (see dutrain.models.tiny.TinySpec)."""
+    """Sizes of the tiny model built when `model: tiny`: the one home of their defaults, which
+    `dutrain.models.tiny.TinySpec` takes from here."""
 
     hidden_size: int = option(128, "text hidden size", min=16)
     intermediate_size: int = option(512, "text MLP size", min=16)
@@ -29,7 +34,7 @@ class TinyModelConfig:
     patch_init: str = option("random", "patch embedding init: Qwen's random one, a bank of 2-D "
                                        "DCT filters ('dct'), or DCT plus JPEG block-boundary "
                                        "filters ('dct_block')",
-                             choices=("random", "dct", "dct_block"))
+                             choices=PATCH_INITS)
 
     def spec(self) -> "object":
         from dutrain.models.tiny import TinySpec

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from dutrain.config.sft import PATCH_INITS, TinyModelConfig
+
 #: bump when the build recipe changes in a way the spec does not capture
 #: (2: the dct inits also start the patch merger as a pass-through, see `init_merger_mean`)
 RECIPE_VERSION = 2
@@ -55,34 +57,36 @@ CHAT_TEMPLATE = (
 )
 
 
-PATCH_INITS = ("random", "dct", "dct_block")
+_CONFIG = TinyModelConfig()
 
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Sizes of the tiny model. Defaults: ~0.8 M parameters, 112×112 image → 16 tokens."""
+    """Sizes of the tiny model. Defaults (those of `dutrain.config.sft.TinyModelConfig`, where
+    each is documented): ~0.8 M parameters, 112×112 image → 16 tokens."""
 
-    hidden_size: int = 128
-    intermediate_size: int = 512
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    mrope_section: tuple[int, int, int] = (4, 6, 6)
-    vision_depth: int = 2
-    vision_embed_dim: int = 64
-    vision_heads: int = 4
-    patch_size: int = 14
-    merge_size: int = 2
+    hidden_size: int = _CONFIG.hidden_size
+    intermediate_size: int = _CONFIG.intermediate_size
+    num_layers: int = _CONFIG.num_layers
+    num_heads: int = _CONFIG.num_heads
+    num_kv_heads: int = _CONFIG.num_kv_heads
+    mrope_section: tuple[int, int, int] = tuple(_CONFIG.mrope_section)  # type: ignore[assignment]
+    vision_depth: int = _CONFIG.vision_depth
+    vision_embed_dim: int = _CONFIG.vision_embed_dim
+    vision_heads: int = _CONFIG.vision_heads
+    patch_size: int = _CONFIG.patch_size
+    merge_size: int = _CONFIG.merge_size
     # image side (px) bounds for the processor: images are resized to fit between them
-    min_image_side: int = 56
-    max_image_side: int = 224
-    vocab_merges: int = 700
+    min_image_side: int = _CONFIG.min_image_side
+    max_image_side: int = _CONFIG.max_image_side
+    vocab_merges: int = _CONFIG.vocab_merges
+    # build settings the config does not expose
     corpus_samples: int = 2000
     max_position_embeddings: int = 4096
-    seed: int = 0
+    seed: int = _CONFIG.seed
     #: "random" (Qwen's init), "dct": the vision tower starts as DCT band-energy features, or
     #: "dct_block": DCT plus JPEG block-boundary filters (see `block_boundary_filters`)
-    patch_init: str = "random"
+    patch_init: str = _CONFIG.patch_init
 
     def validate(self) -> None:
         head_dim = self.hidden_size // self.num_heads
