@@ -16,6 +16,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import ray
+from ray.exceptions import RayActorError
+from ray.util.placement_group import placement_group as make_pg
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
 from dutrain.config.rl import RLConfig
 from dutrain.runtime.cluster import forwarded_env
 from dutrain.runtime.vllm_env import engine_actor_env
@@ -36,9 +41,6 @@ def bundle(cpus: float, gpus: float) -> dict[str, float]:
 
 def placement_group(bundles: list[dict[str, float]], name: str, timeout_s: float = 120) -> Any:
     """A ready placement group, or a clear error naming what the cluster lacks."""
-    import ray
-    from ray.util.placement_group import placement_group as make_pg
-
     pg = make_pg(bundles, strategy="PACK", name=name)
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
@@ -49,7 +51,6 @@ def placement_group(bundles: list[dict[str, float]], name: str, timeout_s: float
 
 
 def _strategy(pg: Any, index: int) -> Any:
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     return PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=index)
 
 
@@ -64,8 +65,6 @@ def shared_placement_group(cfg: RLConfig) -> Any:
 class LearnerGroup:
     def __init__(self, cfg: RLConfig, model_dir: str, init_dir: str | None = None,
                  pg: Any = None):
-        import ray
-
         lc = cfg.learner
         self.cfg = cfg
         self.own_pg = pg is None
@@ -84,7 +83,6 @@ class LearnerGroup:
         return [a.train_step.remote(s) for a, s in zip(self.actors, batch.split(len(self.actors)))]
 
     def train(self, batch: Batch) -> dict[str, float]:
-        import ray
         return reduce_learner_stats(ray.get(self.async_train(batch)))
 
     def async_weights(self) -> tuple[Any, Any]:
@@ -92,7 +90,6 @@ class LearnerGroup:
         return self.actors[0].weights_payload.options(num_returns=2).remote()
 
     def shutdown(self) -> None:
-        import ray
         for a in self.actors:
             ray.kill(a)
         if self.own_pg:
@@ -118,8 +115,6 @@ def reduce_learner_stats(parts: list[dict[str, float]]) -> dict[str, float]:
 
 class RolloutGroup:
     def __init__(self, cfg: RLConfig, model_dir: str, pg: Any = None):
-        import ray
-
         rc = cfg.rollout
         self.cfg, self.model_dir = cfg, model_dir
         self.own_pg = pg is None
@@ -133,8 +128,6 @@ class RolloutGroup:
         self.current: tuple[Any, int] | None = None
 
     def _start(self, index: int) -> Any:
-        import ray
-
         rc = self.cfg.rollout
         return self._cls.options(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker,
                                  scheduling_strategy=_strategy(self.pg, index),
@@ -144,8 +137,6 @@ class RolloutGroup:
 
     def replace(self, index: int) -> None:
         """A fresh actor in the dead one's bundle, loaded with the current weights."""
-        import ray
-
         try:
             ray.kill(self.actors[index])
         except Exception:  # already gone
@@ -171,9 +162,6 @@ class RolloutGroup:
                greedy: bool = False, max_retries: int = 2) -> Batch:
         """The merged batch, in prompt order; a shard whose actor died is regenerated on a
         replacement actor (same seed, so the same completions)."""
-        import ray
-        from ray.exceptions import RayActorError
-
         results = []
         for i, actor, shard, ref in pending:
             for attempt in range(max_retries + 1):
@@ -204,9 +192,6 @@ class RolloutGroup:
 
     def wait_updates(self, pending: list[tuple[int, Any]]) -> list[float]:
         """Seconds each engine spent loading; a dead actor is replaced (it loads `current`)."""
-        import ray
-        from ray.exceptions import RayActorError
-
         seconds = []
         for i, ref in pending:
             try:
@@ -218,11 +203,9 @@ class RolloutGroup:
         return seconds
 
     def weight_stats(self) -> list[dict[str, float]]:
-        import ray
         return ray.get([a.weight_stats.remote() for a in self.actors])
 
     def shutdown(self) -> None:
-        import ray
         for a in self.actors:
             ray.kill(a)
         if self.own_pg:

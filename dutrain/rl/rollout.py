@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from dutrain.config.rl import RolloutConfig
+from dutrain.models.engine import VLLMEngine
 from dutrain.runtime.vllm_env import set_vllm_env
 
 from .batch import Batch
+from .learner import vision_token_ids
 
 
 class RolloutWorker:
     def __init__(self, model_dir: str, cfg: RolloutConfig, seed: int = 0):
-        # In-process engine: starts in seconds instead of ~25 s (docs/environment.md).
+        # In-process engine: starts in seconds instead of ~25 s (docs/environment.md); set before
+        # VLLMEngine imports vLLM
         set_vllm_env(in_process=True)
-        import torch
-
-        from dutrain.models.engine import VLLMEngine
-
-        from .learner import vision_token_ids
-
         if cfg.gpus_per_worker == 0:
             torch.set_num_threads(max(1, round(cfg.cpus_per_worker)))
         self.cfg = cfg

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+
 from .groups import LearnerGroup, RolloutGroup
 
 
@@ -42,8 +44,6 @@ def push_weights(learners: LearnerGroup, rollouts: RolloutGroup, version: int) -
 
 def finish_sync(rollouts: RolloutGroup, pending: PendingSync) -> dict[str, float]:
     """Wait for a push; its timings as metrics."""
-    import ray
-
     update_s = rollouts.wait_updates(pending.updates)
     serialize_s = float(ray.get(pending.serialize_ref))
     return {"rl/sync_seconds": serialize_s + max(update_s),
@@ -53,7 +53,6 @@ def finish_sync(rollouts: RolloutGroup, pending: PendingSync) -> dict[str, float
 
 
 def learner_weight_stats(learners: LearnerGroup) -> dict[str, float]:
-    import ray
     return ray.get(learners.actors[0].weight_stats.remote())
 
 
