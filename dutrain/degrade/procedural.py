@@ -5,7 +5,7 @@ occlusion model: disks with power-law radii, each hiding the ones below). Their 
 colour statistics are close to natural photos', so degradations show on them as they do on photos,
 and N can be as large as the budget allows. On the demo data they lift a boosted reference
 classifier from 0.680 to 0.709 held-out type accuracy when added to the photos
-(`tests/benchmarks/bench_type_ceiling.py --dead-leaves 24`, docs/sft.md).
+(`tests/benchmarks/bench_type_ceiling.py --dead-leaves 24`, docs/experiments/demo-model.md).
 
 Pure functions: image `i` depends on `i` and the size alone, so a source id names its pixels.
 """

@@ -272,10 +272,10 @@ def init_merger_mean(merger: Any, embed_dim: int, group: int) -> None:
 
     A randomly initialised merger (512 → 512 → 128 through a GELU) scrambles the band energies
     on their way to the language model: a linear probe of the type on its pooled output falls
-    from 0.56 (tower output) to 0.43 (docs/sft.md "Third round"). Hidden units in ± pairs pass
-    a value through exactly, since GELU(z) - GELU(-z) = z. Hidden units beyond the pairs start
-    at zero in and out, so no gradient reaches them and they stay unused (random input weights
-    with zero output weights would let them learn; not measured yet).
+    from 0.56 (tower output) to 0.43 (docs/experiments/demo-model.md, "Third round"). Hidden
+    units in ± pairs pass a value through exactly, since GELU(z) - GELU(-z) = z. Hidden units
+    beyond the pairs start at zero in and out, so no gradient reaches them and they stay unused
+    (random input weights with zero output weights would let them learn; not measured yet).
     """
     import torch
 

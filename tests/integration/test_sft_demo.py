@@ -21,7 +21,8 @@ TEST_ROWS = 240
 # format 1.00 (untrained 0.00), type accuracy 0.346; recall vs prior share: haze 0.68 / 0.15,
 # rain 0.50 / 0.11, low light 0.90 / 0.12, downsample 0.65 / 0.10. (Photos alone, before the demo
 # data had dead leaves: 0.40, Gaussian noise learned too — at 400 steps the procedural rows take
-# budget from the photos; the full demo run gains from them: docs/sft.md "Fourth round".)
+# budget from the photos; the full demo run gains from them: docs/experiments/demo-model.md,
+# "Fourth round".)
 LEARNED = ("haze", "rain", "low_light", "downsample")
 # Not reliably above their prior at CI size (issue 9 is blocked; the full demo run learns them
 # partly: recall 0.26-0.65, defocus blur 0.00): measured recall clean, Gaussian/motion/defocus
