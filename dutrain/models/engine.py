@@ -57,19 +57,24 @@ def _safetensors_items(weights: bytes | str | os.PathLike) -> Iterator[tuple[str
         yield from load_file(str(f)).items()
 
 
-def state_dict_bytes(state: dict[str, Any]) -> bytes:
-    """A state dict as safetensors bytes; tied tensors (lm_head = embed_tokens) are sent once."""
-    from safetensors.torch import save
-
+def untied(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with each shared tensor (a tied lm_head = embed_tokens) kept once, under the
+    first name it has."""
     seen: set[tuple[int, int]] = set()
     out = {}
     for k, v in state.items():
         key = (v.untyped_storage().data_ptr(), v.storage_offset())
-        if key in seen:
-            continue
-        seen.add(key)
-        out[k] = v.detach().contiguous().cpu()
-    return save(out)
+        if key not in seen:
+            seen.add(key)
+            out[k] = v
+    return out
+
+
+def state_dict_bytes(state: dict[str, Any]) -> bytes:
+    """A state dict as safetensors bytes; tied tensors (lm_head = embed_tokens) are sent once."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous().cpu() for k, v in untied(state).items()})
 
 
 def reload_weights_rpc(worker: Any, weights: bytes | str) -> int:

@@ -56,38 +56,61 @@ def encode_prompts(processor: Any, images: list[Any]) -> dict[str, Any]:
     return dict(out)
 
 
-def encode_sft(processor: Any, images: list[Any], targets: list[str]) -> dict[str, Any]:
-    """A training batch: prompt + target + end of turn, labels -100 outside the assistant turn.
+def encode_prompt_completion(processor: Any, images: list[Any],
+                             completions: list[list[int]]) -> dict[str, Any]:
+    """Prompt + completion token ids per image, right padded: the model inputs (`input_ids`,
+    `attention_mask`, `pixel_values`, `image_grid_thw`, `mm_token_type_ids`) and `starts`, the
+    prompt length of each row (its first completion position).
 
-    The target is tokenized on its own and appended after the prompt's assistant header, so
-    the boundary is exact whatever the template; the batch is right padded.
+    The prompt is tokenized with its image placeholder expanded to the image's token count and
+    the completion appended after the assistant header, so the boundary is exact whatever the
+    template.
+    """
+    import torch
+
+    if len(images) != len(completions):
+        raise ValueError(f"{len(images)} images but {len(completions)} completions")
+    tok = processor.tokenizer
+    vision = processor.image_processor(images=[to_pil(im) for im in images], return_tensors="pt")
+    merge = processor.image_processor.merge_size ** 2
+    text = prompt_text(processor)
+    prompts: dict[int, list[int]] = {}  # by image token count
+    rows, starts = [], []
+    for i, comp in enumerate(completions):
+        n_img = int(vision["image_grid_thw"][i].prod()) // merge
+        if n_img not in prompts:
+            prompts[n_img] = tok(text.replace(IMAGE_PAD, IMAGE_PAD * n_img),
+                                 add_special_tokens=False)["input_ids"]
+        p = prompts[n_img]
+        rows.append(p + list(comp))
+        starts.append(len(p))
+    n = max(len(r) for r in rows)
+    ids = torch.full((len(rows), n), tok.pad_token_id, dtype=torch.long)
+    att = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        att[i, :len(r)] = 1
+    image_id = tok.convert_tokens_to_ids(IMAGE_PAD)
+    return {"input_ids": ids, "attention_mask": att, "pixel_values": vision["pixel_values"],
+            "image_grid_thw": vision["image_grid_thw"],
+            "mm_token_type_ids": (ids == image_id).long(), "starts": starts}
+
+
+def encode_sft(processor: Any, images: list[Any], targets: list[str]) -> dict[str, Any]:
+    """A training batch: prompt + target + end of turn (`encode_prompt_completion`), labels
+    -100 outside the assistant turn; the batch is right padded.
     """
     import torch
 
     if len(images) != len(targets):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     tok = processor.tokenizer
-    vision = processor.image_processor(images=[to_pil(im) for im in images], return_tensors="pt")
-    merge = processor.image_processor.merge_size ** 2
-    text = prompt_text(processor)
     eot = end_of_turn_ids(tok)
-    pad = tok.pad_token_id
-    rows, labels = [], []
-    for i, t in enumerate(targets):
-        n_img = int(vision["image_grid_thw"][i].prod()) // merge
-        p = tok(text.replace(IMAGE_PAD, IMAGE_PAD * n_img), add_special_tokens=False)["input_ids"]
-        a = tok(t, add_special_tokens=False)["input_ids"] + eot
-        rows.append(p + a)
-        labels.append([-100] * len(p) + a)
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), pad, dtype=torch.long)
-    lab = torch.full((len(rows), n), -100, dtype=torch.long)
-    att = torch.zeros((len(rows), n), dtype=torch.long)
-    for i, (r, l) in enumerate(zip(rows, labels)):
-        ids[i, :len(r)] = torch.tensor(r)
-        lab[i, :len(l)] = torch.tensor(l)
-        att[i, :len(r)] = 1
-    image_id = tok.convert_tokens_to_ids(IMAGE_PAD)
+    enc = encode_prompt_completion(
+        processor, images, [tok(t, add_special_tokens=False)["input_ids"] + eot for t in targets])
+    ids, att = enc["input_ids"], enc["attention_mask"]
+    assistant = torch.arange(ids.shape[1])[None, :] >= torch.tensor(enc["starts"])[:, None]
+    lab = torch.where(att.bool() & assistant, ids, torch.full_like(ids, -100))
     return {"input_ids": ids, "attention_mask": att, "labels": lab,
-            "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"],
-            "mm_token_type_ids": (ids == image_id).long()}
+            "pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"],
+            "mm_token_type_ids": enc["mm_token_type_ids"]}

@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dutrain.config.rl import RLConfig
 from dutrain.models import load_model, load_processor
-from dutrain.models.engine import state_dict_bytes
-from dutrain.models.prompts import encode_prompts
+from dutrain.models.engine import state_dict_bytes, untied
+from dutrain.models.prompts import encode_prompt_completion, encode_prompts
 
 from .batch import Batch
 from .checkpoint import fetch_dir, local_staging, upload_dir
@@ -49,37 +49,13 @@ def encode_sequences(processor: Any, images: list[Any],
     Returns the model inputs plus `targets` / `mask` aligned with the logits of positions
     0..L-2: `mask[i, j]` is 1 where `targets[i, j]` is a completion token.
     """
-    import torch
-
-    from dutrain.models.prompts import IMAGE_PAD, prompt_text, to_pil
-
-    tok = processor.tokenizer
-    vision = processor.image_processor(images=[to_pil(im) for im in images], return_tensors="pt")
-    merge = processor.image_processor.merge_size ** 2
-    text = prompt_text(processor)
-    cache: dict[int, list[int]] = {}
-    rows, starts = [], []
-    for i, comp in enumerate(completions):
-        n_img = int(vision["image_grid_thw"][i].prod()) // merge
-        if n_img not in cache:
-            cache[n_img] = tok(text.replace(IMAGE_PAD, IMAGE_PAD * n_img),
-                               add_special_tokens=False)["input_ids"]
-        p = cache[n_img]
-        rows.append(p + list(comp))
-        starts.append(len(p))
-    n = max(len(r) for r in rows)
-    ids = torch.full((len(rows), n), tok.pad_token_id, dtype=torch.long)
-    att = torch.zeros((len(rows), n), dtype=torch.long)
-    mask = torch.zeros((len(rows), n - 1), dtype=torch.float32)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        att[i, :len(r)] = 1
-        mask[i, starts[i] - 1:len(r) - 1] = 1.0
-    image_id = tok.convert_tokens_to_ids(IMAGE_PAD)
-    return {"input_ids": ids, "attention_mask": att, "pixel_values": vision["pixel_values"],
-            "image_grid_thw": vision["image_grid_thw"],
-            "mm_token_type_ids": (ids == image_id).long(),
-            "targets": ids[:, 1:], "mask": mask, "starts": starts}
+    enc = encode_prompt_completion(processor, images, completions)
+    ids, starts = enc["input_ids"], enc["starts"]
+    lengths = enc["attention_mask"].sum(dim=1).tolist()
+    mask = torch.zeros((ids.shape[0], ids.shape[1] - 1), dtype=torch.float32)
+    for i, (s, n) in enumerate(zip(starts, lengths)):
+        mask[i, s - 1:n - 1] = 1.0
+    return {**enc, "targets": ids[:, 1:], "mask": mask, "starts": starts}
 
 
 def pad_per_token(values: list[list[float]], starts: list[int], width: int) -> "Any":
@@ -97,13 +73,8 @@ def weight_stats(state: dict[str, Any]) -> dict[str, float]:
     Shared tensors (tied embeddings) count once; zero padding (vLLM pads the vocabulary) does
     not change any of the three.
     """
-    seen: set[tuple[int, int]] = set()
     total, sq, count = 0.0, 0.0, 0
-    for v in state.values():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset())
-        if key in seen:
-            continue
-        seen.add(key)
+    for v in untied(state).values():
         d = v.detach().to(torch.float64)
         total += float(d.sum())
         sq += float((d * d).sum())
