@@ -237,3 +237,26 @@ class ClassicalBaseline:
 
     def describe(self) -> dict[str, Any]:
         return json.loads(json.dumps(self.calibration))
+
+
+# ------------------------------------------------------------------------------------- fitting
+
+def fit_baseline(name: str, root: str, samples: int | None,
+                 storage: Any = None) -> "PriorBaseline | ClassicalBaseline":
+    """`name` ('baseline:prior' or 'baseline:classical') fitted on the train split of the
+    dataset at `root`: the prior on every train annotation, the classical baseline on the
+    estimators' measurements of at most `samples` train images. A UserError when the dataset
+    has no train rows."""
+    from dutrain.errors import UserError
+    from dutrain.io.dataset import decode_png, read_table
+
+    images = name == "baseline:classical"
+    cols = ["annotation"] + (["degraded"] if images else [])
+    rows = read_table(root, ["train"], cols, samples if images else None, storage).to_pylist()
+    if not rows:
+        raise UserError(f"{name} is calibrated on the train split, and dataset '{root}' has no "
+                        f"train rows")
+    annotations = [json.loads(r["annotation"]) for r in rows]
+    if not images:
+        return PriorBaseline.fit(annotations)
+    return ClassicalBaseline.fit([measure(decode_png(r["degraded"])) for r in rows], annotations)

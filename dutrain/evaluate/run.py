@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dutrain.config.eval import EvalConfig
+from dutrain.errors import UserError
 from dutrain.io.dataset import decode_png, read_table
 from dutrain.tracking import stage_run
 
@@ -22,24 +23,9 @@ def _rows(cfg: EvalConfig, split: str, images: bool) -> list[dict[str, Any]]:
     return read_table(cfg.dataset, [split], cols, cfg.limit, cfg.storage).to_pylist()
 
 
-def _train_rows(cfg: EvalConfig, images: bool, limit: int | None = None) -> list[dict[str, Any]]:
-    cols = ["annotation"] + (["degraded"] if images else [])
-    rows = read_table(cfg.dataset, ["train"], cols, limit, cfg.storage).to_pylist()
-    if not rows:
-        raise ValueError(f"{cfg.model} is calibrated on the train split, and dataset "
-                         f"'{cfg.dataset}' has no train rows")
-    return rows
-
-
 def _baseline(cfg: EvalConfig) -> tuple[Any, dict[str, Any]]:
-    from .baselines import ClassicalBaseline, PriorBaseline
-    from .estimators import measure
-    if cfg.model == "baseline:prior":
-        b = PriorBaseline.fit(json.loads(r["annotation"]) for r in _train_rows(cfg, False))
-    else:
-        rows = _train_rows(cfg, True, cfg.calibration_samples)
-        b = ClassicalBaseline.fit([measure(decode_png(r["degraded"])) for r in rows],
-                                  [json.loads(r["annotation"]) for r in rows])
+    from .baselines import fit_baseline
+    b = fit_baseline(str(cfg.model), cfg.dataset, cfg.calibration_samples, cfg.storage)
     return b, b.describe()
 
 
@@ -92,7 +78,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     rows = {s: _rows(cfg, s, images) for s in cfg.splits}
     empty = [s for s, r in rows.items() if not r]
     if len(empty) == len(rows):
-        raise ValueError(f"dataset '{cfg.dataset}' has no rows in split(s) {', '.join(cfg.splits)}")
+        raise UserError(f"dataset '{cfg.dataset}' has no rows in split(s) "
+                        f"{', '.join(cfg.splits)}")
     comps, info, timing = _completions(cfg, rows)
     weights = cfg.rewards.as_dict()
     scored = {s: [score_sample(r["sample_id"], s, comps[r["sample_id"]], r["annotation"], weights)
@@ -129,17 +116,22 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return {"metrics": metrics, "summary": summary, "notes": notes, "output": out}
 
 
+def preflight_eval(cfg: EvalConfig) -> None:
+    """Inputs, output and tracking server, checked before any model or Ray starts."""
+    from dutrain.runtime import preflight
+    preflight.dataset("dataset", cfg.dataset, cfg.storage)
+    if cfg.source == "predictions":
+        if "://" not in str(cfg.predictions):
+            preflight.existing_file("predictions", cfg.predictions, "a JSONL file")
+    else:
+        preflight.model("model", cfg.source, cfg.storage)
+    preflight.output_location("output", cfg.output)
+    preflight.tracking(cfg.tracking)
+
+
 def run_eval(cfg: EvalConfig) -> int:
-    """The `dutrain eval` runner (exit code 2 when the inputs are unusable)."""
-    import sys
-    try:
-        return _run_eval(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"dutrain eval: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run_eval(cfg: EvalConfig) -> int:
+    """The `dutrain eval` runner: 0, or a UserError (exit 2) when the inputs are unusable."""
+    preflight_eval(cfg)
     label = cfg.system.rstrip("/").rsplit("/", 1)[-1]
     name = cfg.tracking.run_name or f"eval-{label}"  # stable: `compare runs=[eval-x]` finds it
     with stage_run(cfg, "eval", run_name=name, params={"model": cfg.system}) as run:

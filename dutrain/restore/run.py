@@ -67,19 +67,19 @@ def load_items(cfg: RestoreConfig, rejected: list[dict[str, str]] | None = None)
         rows = read_table(cfg.input, [cfg.split], ["sample_id", "degraded", "clean", "annotation"],
                           cfg.limit, cfg.storage).to_pylist()
         if not rows:
-            raise ValueError(f"dataset '{cfg.input}' has no rows in split '{cfg.split}'")
+            raise UserError(f"dataset '{cfg.input}' has no rows in split '{cfg.split}'")
         return [Item(r["sample_id"], decode_png(r["degraded"]), decode_png(r["clean"]),
                      canonicalize(json.loads(r["annotation"]))) for r in rows]
     src = Path(cfg.input)
     if src.is_dir():
         files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise ValueError(f"folder '{src}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise UserError(f"folder '{src}' holds no images ({', '.join(IMAGE_SUFFIXES)})")
     elif src.is_file():
         files = [src]
     else:
-        raise FileNotFoundError(f"input '{cfg.input}' is neither an image file nor a folder "
-                                f"(a dataset root needs split=...)")
+        raise UserError(f"input '{cfg.input}' is neither an image file nor a folder "
+                        f"(a dataset root needs split=...)")
     items, bad = [], []
     for p in files[:cfg.limit]:
         name = printable_name(p.name)
@@ -103,10 +103,10 @@ def _annotation_of(obj: dict[str, Any], where: str) -> tuple[dict[str, Any] | No
         try:
             return canonicalize(json.loads(ann) if isinstance(ann, str) else ann), None
         except ValueError as exc:
-            raise ValueError(f"{where}: bad annotation: {exc}") from None
+            raise UserError(f"{where}: bad annotation: {exc}") from None
     if isinstance(obj.get("completion"), str):
         return parse_answer(obj["completion"]).annotation, obj["completion"]
-    raise ValueError(f"{where}: needs 'annotation' (an object) or 'completion' (model text)")
+    raise UserError(f"{where}: needs 'annotation' (an object) or 'completion' (model text)")
 
 
 def given_annotations(cfg: RestoreConfig, items: list[Item]) -> None:
@@ -114,12 +114,12 @@ def given_annotations(cfg: RestoreConfig, items: list[Item]) -> None:
     a .jsonl file (one line per image, matched by file name, stem or sample_id)."""
     path = Path(str(cfg.annotation))
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file '{path}' does not exist")
+        raise UserError(f"annotation file '{path}' does not exist")
     if path.suffix.lower() != ".jsonl":
         try:
             ann = canonicalize(json.loads(path.read_text()))
         except ValueError as exc:
-            raise ValueError(f"{path}: bad annotation: {exc}") from None
+            raise UserError(f"{path}: bad annotation: {exc}") from None
         for it in items:
             it.predicted = ann
         return
@@ -130,47 +130,28 @@ def given_annotations(cfg: RestoreConfig, items: list[Item]) -> None:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise ValueError(f"{path}:{no}: not JSON ({exc})") from None
+            raise UserError(f"{path}:{no}: not JSON ({exc})") from None
         key = obj.get("sample_id", obj.get("image")) if isinstance(obj, dict) else None
         if not isinstance(key, str):
-            raise ValueError(f"{path}:{no}: needs a string 'image' or 'sample_id'")
+            raise UserError(f"{path}:{no}: needs a string 'image' or 'sample_id'")
         by_name.setdefault(key, _annotation_of(obj, f"{path}:{no}"))
         by_name.setdefault(Path(key).stem, by_name[key])
     missing = [it.name for it in items if it.name not in by_name
                and Path(it.name).stem not in by_name]
     if missing:
-        raise ValueError(f"{path} has no annotation for {len(missing)} image(s), e.g. "
-                         f"{missing[:3]}")
+        raise UserError(f"{path} has no annotation for {len(missing)} image(s), e.g. "
+                        f"{missing[:3]}")
     for it in items:
         it.predicted, it.completion = by_name.get(it.name) or by_name[Path(it.name).stem]
-
-
-def _calibration_rows(cfg: RestoreConfig, images: bool) -> list[dict[str, Any]]:
-    from dutrain.io.dataset import read_table
-    root = cfg.calibration or cfg.input
-    cols = ["annotation"] + (["degraded"] if images else [])
-    rows = read_table(root, ["train"], cols, cfg.calibration_samples if images else None,
-                      cfg.storage).to_pylist()
-    if not rows:
-        raise ValueError(f"{cfg.model} is calibrated on a train split, and dataset '{root}' has "
-                         f"no train rows")
-    return rows
 
 
 def predicted_completions(cfg: RestoreConfig, items: list[Item]) -> list[str]:
     """Completions of `cfg.model` for every item: a baseline, or a VLM served by the shared vLLM
     engine wrapper in Ray actors (`dutrain.evaluate.generate`)."""
-    if cfg.model == "baseline:prior":
-        from dutrain.evaluate.baselines import PriorBaseline
-        b = PriorBaseline.fit(json.loads(r["annotation"]) for r in _calibration_rows(cfg, False))
-        return b.complete([it.degraded for it in items])
-    if cfg.model == "baseline:classical":
-        from dutrain.io.dataset import decode_png
-        from dutrain.evaluate.baselines import ClassicalBaseline
-        from dutrain.evaluate.estimators import measure
-        rows = _calibration_rows(cfg, True)
-        b = ClassicalBaseline.fit([measure(decode_png(r["degraded"])) for r in rows],
-                                  [json.loads(r["annotation"]) for r in rows])
+    if cfg.model in ("baseline:prior", "baseline:classical"):
+        from dutrain.evaluate.baselines import fit_baseline
+        b = fit_baseline(cfg.model, str(cfg.calibration or cfg.input), cfg.calibration_samples,
+                         cfg.storage)
         return b.complete([it.degraded for it in items])
     import io
 
@@ -375,14 +356,31 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
             "count": len(items), "rejected": rejected}
 
 
+def preflight_restore(cfg: RestoreConfig) -> None:
+    """Inputs, output and tracking server, checked before any model starts (UserError)."""
+    from dutrain.runtime import preflight
+    cfg.check_inputs()
+    if cfg.split is not None:
+        preflight.dataset("input", cfg.input, cfg.storage)
+    elif not Path(str(cfg.input)).expanduser().exists():
+        raise preflight.PreflightError(f"bad value for 'input': '{cfg.input}' does not exist "
+                                       f"(allowed: an image file, a folder of images, or a "
+                                       f"dataset root with split=...)")
+    if cfg.annotation is not None:
+        preflight.existing_file("annotation", cfg.annotation, "a .json/.jsonl file")
+    if cfg.model and cfg.model.startswith("baseline:") and cfg.calibration:
+        preflight.dataset("calibration", cfg.calibration, cfg.storage)
+    preflight.model("model", cfg.model, cfg.storage)
+    if cfg.restore.model and "://" not in str(cfg.restore.model):
+        preflight.existing_dir("restore.model", cfg.restore.model, what="a diffusers UNet folder")
+    preflight.output_location("output", cfg.output)
+    preflight.tracking(cfg.tracking)
+
+
 def run(cfg: RestoreConfig) -> int:
-    """The `dutrain restore` runner (exit code 2 when the inputs are unusable)."""
-    try:
-        cfg.check_inputs()
-        return _run(cfg)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"dutrain restore: error: {exc}", file=sys.stderr)
-        return 2
+    """The `dutrain restore` runner: 0, or a UserError (exit 2) when the inputs are unusable."""
+    preflight_restore(cfg)
+    return _run(cfg)
 
 
 def _run(cfg: RestoreConfig) -> int:
