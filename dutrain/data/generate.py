@@ -228,6 +228,8 @@ def build_plan(ray: Any, cfg: GenerateConfig, params: dict[str, Any], fp: str,
         crops = plan_crops({p["source_id"]: p["split"] for p in usable}, cfg.samples,
                            cfg.ood_fraction, cfg.variants_per_crop, cfg.seed)
     except PlanError as exc:
+        for r in rejects:  # the reasons the message points at
+            print(f"  rejected {r['source_id']}: {r['reason']}", file=sys.stderr)
         raise GenerateError(f"{exc}; rejected: {len(rejects)} of {len(refs)} sources") from None
     shards = plan_shards(crops, cfg.rows_per_shard)
     return {"format": 1, "fingerprint": fp, "params": params, "listed": len(refs),

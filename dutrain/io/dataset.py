@@ -100,7 +100,7 @@ def check_dataset(root: str, storage: Any = None,
     else:
         listed = {}
     if not files:
-        raise DatasetError(f"no dutrain dataset at '{root}': no .parquet part files there")
+        raise DatasetError(f"no dutrain dataset at '{root}': no Parquet part files there")
     for p in files:
         name = p[len(path):].strip("/")
         try:
