@@ -1,4 +1,11 @@
-"""`dutrain VERB [--config FILE.yaml] [key=value ...]` — the only module that reads argv."""
+"""`dutrain VERB [--config FILE.yaml] [key=value ...]` — the module that reads argv.
+
+One exception: `dutrain submit` owns its own `--flags` (`dutrain.submit.FLAG_TABLE`, one record
+per flag) because what follows its VERB is another verb's argv; the CLI hands it the raw argv.
+Every runner returns an int exit code and raises `UserError` for what the user can fix; this
+module prints that as one line (`dutrain VERB: error: ...`, exit 2), and Ctrl-C as one line
+(exit 130).
+"""
 
 from __future__ import annotations
 

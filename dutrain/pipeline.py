@@ -24,11 +24,20 @@ from typing import Any, Callable
 from dutrain.config import VERBS, replace, to_dict
 from dutrain.config.pipeline import STAGES, PipelineConfig
 from dutrain.config.secrets import redacted
+from dutrain.errors import UserError
 from dutrain.tracking import PARENT_ENV, PIPELINE_ENV, stage_run, tracking_uri
 
 
-class PipelineError(RuntimeError):
-    pass
+class PipelineError(UserError):
+    """A stage's user error, named with the stage (one line, exit 2)."""
+
+
+class StageFailed(Exception):
+    """A stage that ended with a non-zero exit code other than a user error."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -186,11 +195,13 @@ def _compare_evals(job: StageJob, pid: str) -> StageJob:
 
 
 def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None = None) -> dict:
-    """Run the planned stages; returns {label: {"status", "seconds"}}. Raises PipelineError."""
+    """Run the planned stages; returns {label: {"status", "seconds"}}. Raises PipelineError
+    (a stage's user error) or StageFailed (a stage's non-zero exit code)."""
     from dutrain.runtime.cluster import ray_session
 
     runner = runner or (lambda verb, c: VERBS[verb].run_fn()(c))
     jobs = plan(cfg)
+    preflight_pipeline(cfg)
     forced = set(cfg.force)
     redo_from = min((STAGES.index(s) for s in forced), default=len(STAGES))
     results: dict[str, dict[str, Any]] = {}
@@ -214,15 +225,22 @@ def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None =
                 started.parent.mkdir(parents=True, exist_ok=True)
                 started.write_text(_hash(job))
                 t0 = time.monotonic()
-                code = runner(run_job.verb, run_job.config)
+                try:
+                    code = runner(run_job.verb, run_job.config)
+                except UserError as exc:
+                    dt = time.monotonic() - t0
+                    results[job.label] = {"status": "FAILED (exit 2)", "seconds": dt}
+                    raise PipelineError(f"stage '{job.label}' (dutrain {job.verb}): {exc}; later "
+                                        f"stages not run. Fix it and rerun: completed stages "
+                                        f"are skipped.") from None
                 dt = time.monotonic() - t0
                 code = int(code or 0) if not isinstance(code, dict) else 0
                 if code != 0:
                     results[job.label] = {"status": f"FAILED (exit {code})", "seconds": dt}
                     parent.log_metrics({f"pipeline/{job.label}_seconds": dt})
-                    raise PipelineError(f"stage '{job.label}' (dutrain {job.verb}) failed with exit "
-                                        f"code {code}; later stages not run. Fix it and rerun: "
-                                        f"completed stages are skipped.")
+                    raise StageFailed(f"stage '{job.label}' (dutrain {job.verb}) failed with exit "
+                                      f"code {code}; later stages not run. Fix it and rerun: "
+                                      f"completed stages are skipped.", code)
                 redo_from = min(redo_from, STAGES.index(job.stage) + 1)  # later stages see new outputs
                 _mark(cfg, job, dt)
                 results[job.label] = {"status": "done", "seconds": dt}
@@ -268,14 +286,45 @@ def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def preflight_pipeline(cfg: PipelineConfig) -> None:
+    """What can be checked before Ray starts: the workdir and storage root, the tracking server,
+    generate's sources, sft's starting model, and the dataset when generate does not run."""
+    from dutrain.runtime import preflight
+    preflight.output_location("workdir", cfg.workdir)
+    if cfg.storage_root:
+        preflight.output_location("storage_root", cfg.storage_root, cfg.generate.storage)
+    preflight.tracking(cfg.tracking)
+    if "generate" in cfg.stages:
+        from dutrain.data.sources import list_sources
+        list_sources(cfg.generate.sources, cfg.generate.storage)
+    if "sft" in cfg.stages:
+        preflight.model("sft.model", cfg.sft.model, cfg.sft.storage)
+    elif "rl" in cfg.stages and not preflight_exists(checkpoint_of(cfg, "sft")):
+        raise PipelineError(f"stage 'rl' starts from the sft stage's model "
+                            f"'{checkpoint_of(cfg, 'sft')}', which does not exist; add 'sft' to "
+                            f"'stages' or run it first")
+    if "generate" not in cfg.stages and any(s in cfg.stages for s in ("sft", "rl", "eval",
+                                                                      "restore")):
+        try:
+            preflight.dataset("data", store(cfg, "data"), cfg.generate.storage)
+        except UserError as exc:
+            raise PipelineError(f"{exc} (the generate stage's output; add 'generate' to "
+                                f"'stages' or run it first)") from None
+
+
+def preflight_exists(uri: str) -> bool:
+    return "://" in uri or Path(uri).is_dir()
+
+
 def run(cfg: PipelineConfig) -> int:
-    """CLI runner."""
+    """CLI runner: 0; a stage's user error raises PipelineError (exit 2); a stage that failed
+    otherwise ends the pipeline with that stage's exit code."""
     t0 = time.monotonic()
     try:
         results = run_pipeline(cfg)
-    except PipelineError as exc:
+    except StageFailed as exc:
         print(f"dutrain pipeline: {exc}", file=sys.stderr)
-        return 1
+        return exc.code
     print(_summary(cfg, results))
     print(f"pipeline wall time: {time.monotonic() - t0:.0f} s")
     return 0

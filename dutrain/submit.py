@@ -3,7 +3,9 @@
     dutrain submit VERB [--address URL] [--follow] [--config FILE] [flags] [key=value ...]
     dutrain submit --status ID | --logs ID [--follow] | --stop ID | --list
 
-The verb's config is validated here first, so a bad key fails before anything is uploaded. The
+The verb's config is validated here first, so a bad key fails before anything is uploaded; a
+tiny probe job then checks that the cluster finds `dutrain` on its PATH (`--no-check` skips it).
+This module parses its own `--flags` (`FLAG_TABLE`, one record per flag). The
 job runs `dutrain VERB --config _submit/<file> key=value ...` in a working directory shipped
 through `runtime_env` (the project checkout minus environments and outputs, plus the config
 file); this dutrain package is shipped too (`py_modules`) unless the working directory holds it.
@@ -42,31 +44,54 @@ import dutrain
 from dutrain.config import VERBS, ConfigError, help_rows, load_config
 from dutrain.config.secrets import SECRET_ENV_VARS, redacted, scrub
 from dutrain.config.submit import DEFAULT_EXCLUDES, SubmitConfig
-from dutrain.errors import EXIT_CLUSTER, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USER
+from dutrain.errors import EXIT_CLUSTER, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, UserError
 
-EXIT_USAGE = EXIT_USER
 STATUS_EXIT = {"SUCCEEDED": EXIT_OK, "FAILED": EXIT_FAILED, "STOPPED": EXIT_STOPPED}
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 CONFIG_DIR = "_submit"  # where the verb's config file lands inside the shipped working dir
 #: verbs whose driver reserves a CPU by default (it runs the Ray Data pipeline's coordinator)
 DRIVER_CPU_VERBS = ("generate", "pipeline")
 
-# flag → (SubmitConfig key, takes a value, repeatable)
-FLAGS: dict[str, tuple[str, bool, bool]] = {
-    "--address": ("address", True, False),
-    "--follow": ("follow", False, False),
-    "--num-cpus": ("entrypoint_num_cpus", True, False),
-    "--num-gpus": ("entrypoint_num_gpus", True, False),
-    "--env": ("env", True, True),
-    "--working-dir": ("working_dir", True, False),
-    "--exclude": ("excludes", True, True),
-    "--no-package": ("ship_package", False, False),
-    "--pip": ("pip", True, True),
-    "--submission-id": ("submission_id", True, False),
-    "--wait": ("wait_s", True, False),
-}
-ACTIONS = ("--status", "--logs", "--stop")  # each takes a submission id
-SHORT = {"-f": "--follow", "-c": "--config"}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One of submit's own command-line flags (the one table parse_argv, the flag names in error
+    messages and --help are made from)."""
+
+    name: str  # "--address"
+    key: str | None = None  # the SubmitConfig key it sets (None: --config or an action)
+    metavar: str | None = None  # the value it takes (None: a switch)
+    repeatable: bool = False  # each use appends to a list
+    short: str | None = None  # "-f"
+    action: str | None = None  # status | logs | stop | list | help: what the request does
+    switch_value: bool = True  # what a switch sets its key to
+    number: bool = False  # the value is read as YAML (numbers stay numbers)
+
+
+FLAG_TABLE: tuple[Flag, ...] = (
+    Flag("--address", "address", "URL"),
+    Flag("--follow", "follow", short="-f"),
+    Flag("--num-cpus", "entrypoint_num_cpus", "N", number=True),
+    Flag("--num-gpus", "entrypoint_num_gpus", "N", number=True),
+    Flag("--env", "env", "NAME[=VALUE]", repeatable=True),
+    Flag("--working-dir", "working_dir", "DIR"),
+    Flag("--exclude", "excludes", "GLOB", repeatable=True),
+    Flag("--no-package", "ship_package", switch_value=False),
+    Flag("--pip", "pip", "SPEC", repeatable=True),
+    Flag("--no-check", "check_entrypoint", switch_value=False),
+    Flag("--submission-id", "submission_id", "ID"),
+    Flag("--wait", "wait_s", "SECONDS", number=True),
+    Flag("--config", metavar="FILE", short="-c"),
+    Flag("--status", metavar="ID", action="status"),
+    Flag("--logs", metavar="ID", action="logs"),
+    Flag("--stop", metavar="ID", action="stop"),
+    Flag("--list", action="list"),
+    Flag("--help", action="help", short="-h"),
+)
+#: every spelling (long and short) → its Flag
+FLAGS: dict[str, Flag] = {**{f.name: f for f in FLAG_TABLE},
+                          **{f.short: f for f in FLAG_TABLE if f.short}}
 
 
 @dataclass
@@ -85,38 +110,34 @@ def parse_argv(argv: list[str]) -> Request:
     req = Request()
     it = iter(argv)
     for arg in it:
-        flag, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        flag = SHORT.get(flag, flag)
-
-        def value() -> str:
-            v = inline if eq else next(it, None)
-            if v is None:
-                raise ConfigError(f"{flag} needs a value")
-            return v
-
-        if flag in ("-h", "--help"):
-            req.action = "help"
-        elif flag == "--list":
-            req.action = "list"
-        elif flag in ACTIONS:
-            req.action, req.job_id = flag[2:], value()
-        elif flag == "--config":
-            req.config_file = value()
-        elif flag in FLAGS:
-            key, takes_value, repeated = FLAGS[flag]
-            if not takes_value:
-                req.settings[key] = flag != "--no-package"
-            elif repeated:
-                req.settings.setdefault(key, []).append(value())
+        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        flag = FLAGS.get(name)
+        if flag is None:
+            if arg.startswith("-"):
+                raise ConfigError(f"unknown option '{arg}'; options: "
+                                  f"{', '.join(f.name for f in FLAG_TABLE)}")
+            if req.verb is None:
+                req.verb = arg
             else:
-                req.settings[key] = _scalar(key, value())
-        elif arg.startswith("-"):
-            raise ConfigError(f"unknown option '{arg}'; options: "
-                              f"{', '.join(['--config', *FLAGS, *ACTIONS, '--list', '--help'])}")
-        elif req.verb is None:
-            req.verb = arg
+                req.overrides.append(arg)
+            continue
+        value = None
+        if flag.metavar is not None:
+            value = inline if eq else next(it, None)
+            if value is None:
+                raise ConfigError(f"{flag.name} needs a value ({flag.metavar})")
+        elif eq:
+            raise ConfigError(f"{flag.name} takes no value, got '{arg}'")
+        if flag.action is not None:
+            req.action, req.job_id = flag.action, value
+        elif flag.key is None:  # --config
+            req.config_file = value
+        elif value is None:
+            req.settings[flag.key] = flag.switch_value
+        elif flag.repeatable:
+            req.settings.setdefault(flag.key, []).append(value)
         else:
-            req.overrides.append(arg)
+            req.settings[flag.key] = _scalar(value) if flag.number else value
     if "excludes" in req.settings:  # --exclude adds to the defaults
         req.settings["excludes"] = [*DEFAULT_EXCLUDES, *req.settings["excludes"]]
     if req.action == "help":
@@ -130,14 +151,12 @@ def parse_argv(argv: list[str]) -> Request:
     return req
 
 
-def _scalar(key: str, raw: str) -> Any:
-    # numbers as numbers (config validation then checks bounds); everything else as text
-    if key.startswith("entrypoint_") or key == "wait_s":
-        try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError:
-            return raw
-    return raw
+def _scalar(raw: str) -> Any:
+    # numbers as numbers (config validation then checks bounds); anything else stays text
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 # ----------------------------------------------------------------------------- cluster access
@@ -340,6 +359,8 @@ def submit(req: Request, cfg: SubmitConfig, err: TextIO) -> tuple[Any, str]:
         _check_no_secret(f"config file '{config_file}'", config_file.read_text())
 
     client = connect(cfg.address)
+    if cfg.check_entrypoint and not cfg.pip:
+        check_entrypoint(client, resolve_address(cfg.address, os.environ), err)
     with tempfile.TemporaryDirectory(prefix="dutrain-submit-") as tmp:
         n_files, n_bytes, shipped = stage_working_dir(src, config_file, Path(tmp), cfg.excludes)
         command = entrypoint(verb, shipped, overrides)
@@ -366,6 +387,38 @@ def submit(req: Request, cfg: SubmitConfig, err: TextIO) -> tuple[Any, str]:
                                              "dutrain.version": dutrain.__version__},
                                    **resources)
     return client, job_id
+
+
+#: the probe job: prints where `dutrain` is, or the PATH it was looked up in
+PROBE = 'command -v dutrain || { echo "PATH=$PATH"; exit 3; }'
+
+
+def check_entrypoint(client: Any, url: str, err: TextIO, timeout_s: float = 60.0) -> None:
+    """Run a tiny job (no upload) that looks for `dutrain` where the job will run: a head
+    started with `.venv/bin/ray start` from a shell without the venv activated has no `dutrain`
+    on its PATH, and the real job would fail only after the upload (`dutrain: not found`)."""
+    probe = client.submit_job(entrypoint=PROBE, metadata={"dutrain.probe": "entrypoint"})
+    try:
+        status = wait_terminal(client, probe, timeout_s=timeout_s, poll_s=0.2)
+        if status == "SUCCEEDED":
+            return
+        if status != "FAILED":  # still pending (a busy cluster): do not block the submission
+            print(f"dutrain submit: note: the entrypoint check did not finish in "
+                  f"{timeout_s:g} s ({status}); submitting anyway", file=err)
+            with contextlib.suppress(Exception):
+                client.stop_job(probe)
+            return
+        logs = client.get_job_logs(probe)
+    finally:
+        with contextlib.suppress(Exception):
+            if client.get_job_status(probe).is_terminal():
+                client.delete_job(probe)
+    path = next((ln[5:] for ln in logs.splitlines() if ln.startswith("PATH=")), "?")
+    raise UserError(f"the cluster at {url} cannot run the job: `dutrain` is not on the PATH of "
+                    f"its Ray processes (PATH={path}). Start the head from the environment that "
+                    f"has dutrain installed with its bin/ on PATH (e.g. `source .venv/bin/"
+                    f"activate && ray start --head ...`), or install dutrain in the cluster's "
+                    f"image; --no-check skips this check")
 
 
 def follow(client: Any, job_id: str, out: TextIO, poll_s: float = 0.5) -> str:
@@ -400,11 +453,6 @@ def _describe(info: Any) -> str:
     return scrub("\n".join(lines))
 
 
-FLAG_ARGS = {"--address": "URL", "--num-cpus": "N", "--num-gpus": "N", "--env": "NAME[=VALUE]",
-             "--working-dir": "DIR", "--exclude": "GLOB", "--pip": "SPEC", "--submission-id": "ID",
-             "--wait": "SECONDS"}
-
-
 def usage() -> str:
     """`dutrain submit --help`: the forms, then every flag with its config key, default and doc."""
     rows = {key: (default, doc) for key, default, doc in help_rows(SubmitConfig)}
@@ -413,12 +461,19 @@ def usage() -> str:
              "  dutrain submit --status ID | --logs ID [--follow] | --stop ID | --list", "",
              "key=value arguments after VERB are the verb's own (see dutrain VERB --help); the "
              "verb's config is", "validated here before anything is uploaded.", "", "flags:"]
-    for flag, (key, _, repeated) in FLAGS.items():
-        default, doc = rows[key]
-        name = f"{flag} {FLAG_ARGS[flag]}" if flag in FLAG_ARGS else flag
-        if flag == "--no-package":
+    for flag in FLAG_TABLE:
+        if flag.key is None:
+            continue  # --config and the actions are in the usage lines above
+        default, doc = rows[flag.key]
+        name = f"{flag.name} {flag.metavar}" if flag.metavar else flag.name
+        if flag.short:
+            name = f"{flag.short}, {name}"
+        if flag.key == "ship_package":
             doc, default = "do not ship this dutrain package (the cluster's install runs)", "null"
-        doc += " (repeatable)" if repeated else ""
+        elif flag.key == "check_entrypoint":
+            doc, default = ("skip the check that the cluster finds `dutrain` on its PATH (a tiny "
+                            "job run before the upload)"), "null"
+        doc += " (repeatable)" if flag.repeatable else ""
         doc += "" if default in ("null", "false", "[]") else f" [default: {default}]"
         wrapped = textwrap.wrap(doc, 72) or [""]
         lines.append(f"  {name:<22} {wrapped[0]}")
@@ -441,15 +496,14 @@ def run(argv: list[str], out: TextIO | None = None, err: TextIO | None = None) -
         cfg = load_config(SubmitConfig, overrides=req.settings, verb="submit")
     except ConfigError as exc:
         msg = str(exc)
-        for flag, (key, _, _) in FLAGS.items():  # name the flag the user typed
-            msg = msg.replace(f"'{key}'", f"'{key}' ({flag})", 1)
-        print(f"dutrain submit: {msg}", file=err)
-        return EXIT_USAGE
+        for flag in FLAG_TABLE:  # name the flag the user typed
+            if flag.key:
+                msg = msg.replace(f"'{flag.key}'", f"'{flag.key}' ({flag.name})", 1)
+        raise ConfigError(msg) from None
     try:
         return _act(req, cfg, out, err)
-    except ConfigError as exc:
-        print(f"dutrain submit: {exc}", file=err)
-        return EXIT_USAGE
+    except UserError:
+        raise  # the CLI prints it: `dutrain submit: error: ...`, exit 2
     except KeyboardInterrupt:
         print("dutrain submit: interrupted; the job keeps running "
               "(dutrain submit --stop ID stops it)", file=err)

@@ -36,6 +36,8 @@ class SubmitConfig:
                                       "runs exactly the local code")
     pip: list[str] = option(default_factory=list, doc="extra pip requirements installed for "
                                                       "the job (runtime_env pip)")
+    check_entrypoint: bool = option(True, "before uploading, run a tiny job (no upload) that "
+                                          "checks the cluster finds `dutrain` on its PATH")
     submission_id: str | None = option(None, "submission id (default: chosen by Ray)")
     wait_s: float = option(60.0, "--stop: seconds to wait for the job to reach a final state",
                            min=0)

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from dutrain import __version__
 from dutrain.config import redacted, to_dict
 from dutrain.config.generate import GenerateConfig
+from dutrain.errors import UserError
 from dutrain.tracking import stage_run
 
 from .card import dataset_stats, preview_ids, render_preview
@@ -38,7 +39,7 @@ from dutrain.io.dataset import COLUMNS, parquet_dataset, read_table
 from dutrain.io.images import Rejected, check_size, is_text, printable_name
 from .plan import PlanError, plan_crops, plan_shards, shard_name, split_of
 from .shard import run_shard
-from .sources import SourceError, SourceRef, list_sources, load_source, train_only
+from .sources import SourceRef, list_sources, load_source, train_only
 from dutrain.io.storage import filesystem, is_remote, s3_options
 
 PLAN_FILE = "_plan.json"
@@ -51,7 +52,7 @@ GEN_KEYS = ("sources", "samples", "image_size", "seed", "ood_fraction", "clean_f
             "max_degradations", "type_probs", "png_level", "min_crop_std", "max_pixels")
 
 
-class GenerateError(RuntimeError):
+class GenerateError(UserError):
     """A run that cannot start or finish; the message says what to change."""
 
 
@@ -205,12 +206,11 @@ def probe(ray: Any, refs: list[SourceRef], cfg: GenerateConfig, storage: dict[st
 
 
 def build_plan(ray: Any, cfg: GenerateConfig, params: dict[str, Any], fp: str,
-               storage: dict[str, Any], runtime_env: dict[str, Any] | None) -> dict[str, Any]:
+               storage: dict[str, Any], runtime_env: dict[str, Any] | None,
+               refs: list[SourceRef] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    try:
-        refs = list_sources(cfg.sources, cfg.storage)
-    except SourceError as exc:
-        raise GenerateError(str(exc)) from None
+    if refs is None:
+        refs = list_sources(cfg.sources, cfg.storage)  # SourceError: a UserError
     named = [r for r in refs if is_text(r.source_id) and is_text(r.uri)]
     rejects = [{"source_id": printable_name(r.source_id), "uri": printable_name(r.uri),
                 "reason": "file name is not valid UTF-8 (ids and Parquet strings must be "
@@ -355,11 +355,18 @@ def _quiet_ray_data(ray: Any) -> Iterator[None]:
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Write (or finish writing) the dataset of `cfg`; raises GenerateError with what to change."""
+    from dutrain.runtime import preflight
+
     t_start = time.perf_counter()
     params = gen_params(cfg)
     fp = fingerprint(params)
-    root = Root(cfg.output, cfg.storage)
-    plan = prepare_output(root, cfg, params, fp)
+    preflight.output_location("output", cfg.output, cfg.storage)
+    with preflight.s3_errors("output", cfg.output):
+        root = Root(cfg.output, cfg.storage)
+        plan = prepare_output(root, cfg, params, fp)
+    # sources are listed (a bad one refused) before Ray starts; a resumed plan has its own list
+    refs = list_sources(cfg.sources, cfg.storage) if plan is None else None
+    preflight.tracking(cfg.tracking)
     opts = s3_options(cfg.storage).get("client_kwargs", {})
     storage = {"endpoint_url": opts.get("endpoint_url"), "region": opts.get("region_name")}
     with stage_run(cfg, "generate") as tracker, ray_session(cfg.ray) as ray, \
@@ -376,7 +383,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
                   f"use s3://", file=sys.stderr)
         resumed = plan is not None
         if plan is None:
-            plan = build_plan(ray, cfg, params, fp, storage, runtime_env)
+            plan = build_plan(ray, cfg, params, fp, storage, runtime_env, refs)
             root.write(PLAN_FILE, json.dumps(plan).encode())
         print(f"generate: {plan['listed']} sources listed, {len(plan['rejects'])} rejected, "
               f"{len(plan['shards'])} shards → {cfg.output}", file=sys.stderr)
@@ -428,10 +435,7 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
 
 
 def run(cfg: GenerateConfig) -> int:
-    """CLI runner: 0 on success, 2 with a one-line reason when the run cannot start or finish."""
-    try:
-        generate(cfg)
-    except GenerateError as exc:
-        print(f"dutrain generate: {exc}", file=sys.stderr)
-        return 2
+    """CLI runner: 0 on success; a run that cannot start or finish raises GenerateError (a
+    UserError: one line, exit 2, printed by the CLI)."""
+    generate(cfg)
     return 0

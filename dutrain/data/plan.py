@@ -24,8 +24,10 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from dutrain.errors import UserError
 
-class PlanError(ValueError):
+
+class PlanError(UserError, ValueError):
     """The sources cannot give the rows asked for (the message says what to change)."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from dutrain.io.images import PERMANENT_ERRNOS, Rejected, decode_image
 from dutrain.degrade.procedural import DEAD_LEAVES, dead_leaves, parse_spec
 from dutrain.io.storage import filesystem
+from dutrain.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
                     ".pgm", ".pnm")
@@ -45,7 +46,7 @@ class SourceRef:
     uri: str  # local absolute path, s3://bucket/key, or builtin:<name>
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """A source spec that cannot be listed (the message names it and what is allowed)."""
 
 
@@ -112,7 +113,9 @@ def list_one(spec: str, storage: Any = None) -> list[SourceRef]:
     if procedural is not None:
         return [SourceRef(f"{DEAD_LEAVES}/{i:05d}", f"{DEAD_LEAVES}:{i}") for i in range(procedural)]
     if spec.startswith("s3://"):
-        return _list_file(spec, storage) if spec.endswith(".txt") else _list_s3(spec, storage)
+        from dutrain.runtime.preflight import s3_errors
+        with s3_errors("sources", spec):
+            return _list_file(spec, storage) if spec.endswith(".txt") else _list_s3(spec, storage)
     if "://" in spec:
         raise SourceError(f"source {spec!r}: unsupported scheme (allowed: local paths, s3://, "
                           f"'builtin', '{DEAD_LEAVES}:N')")

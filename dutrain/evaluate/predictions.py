@@ -54,9 +54,14 @@ def parse_lines(lines: Iterable[str]) -> Predictions:
 
 
 def read_predictions(path: str, storage: Any = None) -> Predictions:
+    from dutrain.runtime.preflight import PreflightError, s3_errors
     fs, p = filesystem(path, storage)
-    if not fs.exists(p):
-        raise FileNotFoundError(f"predictions file '{path}' does not exist")
+    with s3_errors("predictions", path):
+        if fs.isdir(p):
+            raise PreflightError(f"bad value for 'predictions': '{path}' is a folder, not a "
+                                 f"JSONL file")
+        if not fs.exists(p):
+            raise PreflightError(f"predictions file '{path}' does not exist")
     with fs.open(p, "rb") as f:
         text = f.read().decode("utf-8", errors="replace")
     return parse_lines(text.splitlines())

@@ -16,11 +16,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dutrain.errors import UserError
+
 from .tiny import TinySpec, default_cache_dir, tiny_model
 
 SUPPORTED_TYPES = ("qwen2_vl", "qwen2_5_vl")
 #: files worth fetching from a remote checkpoint: weights as safetensors, never pickles
 FETCH_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken")
+
+
+class CheckpointError(UserError, FileNotFoundError):
+    """A model reference that is not a usable checkpoint (missing, wrong kind, junk weights)."""
 
 
 def _wanted(name: str) -> bool:
@@ -29,7 +35,7 @@ def _wanted(name: str) -> bool:
 
 
 def _download_s3(uri: str, cache_dir: Path, storage: Any = None) -> Path:
-    from dutrain.io.storage import filesystem
+    from dutrain.io.storage import copy_tree, filesystem
 
     final = cache_dir / "models" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     if (final / "config.json").is_file():
@@ -37,12 +43,11 @@ def _download_s3(uri: str, cache_dir: Path, storage: Any = None) -> Path:
     fs, path = filesystem(uri, storage)
     names = [p for p in fs.ls(path, detail=False) if _wanted(Path(p).name)]
     if not any(Path(n).name == "config.json" for n in names):
-        raise FileNotFoundError(f"no config.json under '{uri}': not a Hugging Face checkpoint")
+        raise CheckpointError(f"no config.json under '{uri}': not a Hugging Face checkpoint")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=final.parent))
     try:
-        for n in names:
-            fs.get(n, str(tmp / Path(n).name))
+        copy_tree(uri, tmp, storage, include=lambda rel: "/" not in rel and _wanted(rel))
         try:
             os.rename(tmp, final)
         except OSError:
@@ -68,8 +73,10 @@ def resolve_model(ref: str, cache_dir: str | os.PathLike | None = None, storage:
         from huggingface_hub import snapshot_download
         out = Path(snapshot_download(ref, allow_patterns=list(FETCH_PATTERNS)))
     else:
-        raise ValueError(f"model {ref!r} is neither 'tiny', an existing directory, an s3:// "
-                         f"prefix nor a hub id like 'Qwen/Qwen2.5-VL-3B-Instruct'")
+        what = "a file, not a checkpoint directory" if Path(ref).expanduser().exists() else \
+            "neither 'tiny', an existing directory, an s3:// prefix nor a hub id like " \
+            "'Qwen/Qwen2.5-VL-3B-Instruct'"
+        raise CheckpointError(f"model {ref!r} is {what}")
     check_model_dir(out)
     return out
 
@@ -79,15 +86,55 @@ def check_model_dir(model_dir: str | os.PathLike) -> dict[str, Any]:
     d = Path(model_dir)
     cfg_file = d / "config.json"
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"'{d}' holds no config.json: not a Hugging Face checkpoint")
-    cfg = json.loads(cfg_file.read_text())
-    mt = cfg.get("model_type")
+        raise CheckpointError(f"'{d}' holds no config.json: not a Hugging Face checkpoint")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"'{cfg_file}' is not JSON ({exc})") from None
+    mt = cfg.get("model_type") if isinstance(cfg, dict) else None
     if mt not in SUPPORTED_TYPES:
-        raise ValueError(f"model type {mt!r} in '{d}' is not supported; allowed: "
-                         f"{', '.join(SUPPORTED_TYPES)}")
-    if not any(d.glob("*.safetensors")):
-        raise FileNotFoundError(f"'{d}' has no .safetensors weights (pickled weights are refused)")
+        raise CheckpointError(f"model type {mt!r} in '{d}' is not supported; allowed: "
+                              f"{', '.join(SUPPORTED_TYPES)}")
+    weights = sorted(d.glob("*.safetensors"))
+    if not weights:
+        raise CheckpointError(f"'{d}' has no .safetensors weights (pickled weights are refused)")
+    for w in weights:
+        check_safetensors(w)
     return cfg
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Read a .safetensors file's header (not its tensors): junk bytes or a truncated file fail
+    here, in milliseconds, with the file's name, instead of deep inside a worker's model load."""
+    p = Path(path)
+    size = p.stat().st_size
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"weights file '{p}' is damaged ({why}); copy the checkpoint "
+                               f"again or point 'model' at another one")
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, no safetensors header")
+        n = int.from_bytes(head, "little")
+        if n <= 1 or 8 + n > size or n > 100_000_000:
+            raise bad("not a safetensors file: bad header length")
+        try:
+            header = json.loads(fh.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise bad("not a safetensors file: unreadable header") from None
+    if not isinstance(header, dict):
+        raise bad("not a safetensors file: unreadable header")
+    end = 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        offs = t.get("data_offsets") if isinstance(t, dict) else None
+        if not (isinstance(offs, list) and len(offs) == 2):
+            raise bad(f"tensor {name!r} has no data offsets")
+        end = max(end, int(offs[1]))
+    if 8 + n + end > size:
+        raise bad(f"truncated: {size} bytes, the header needs {8 + n + end}")
 
 
 def load_processor(model_dir: str | os.PathLike) -> Any:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from dutrain.degrade import to_float, to_rgb_uint8, to_uint8
+from dutrain.errors import UserError
 
 from .classical import INVERSES, State, plan
 from .linear import LINEAR_TYPES, NOISE_TYPES, LinearOperator, operator_for
@@ -63,7 +64,7 @@ def _fetch_s3(uri: str, storage: Any = None, cache_dir: str | Path | None = None
     fs, root = filesystem(uri, storage)
     files = [f for f in fs.find(root) if f.endswith(_FETCH)]
     if not files:
-        raise FileNotFoundError(f"no .safetensors/.json files under '{uri}'")
+        raise UserError(f"no .safetensors/.json files under '{uri}'")
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dl-", dir=base))
     try:
@@ -84,16 +85,16 @@ def load_diffusion(ref: str, device: str = "cpu", storage: Any = None,
 
     root = _fetch_s3(ref, storage, cache_dir) if str(ref).startswith("s3://") else Path(ref)
     if not root.is_dir():
-        raise FileNotFoundError(f"diffusion model '{ref}' is not a directory or an s3:// prefix "
-                                f"(nothing is downloaded from a hub)")
+        raise UserError(f"diffusion model '{ref}' is not a directory or an s3:// prefix "
+                        f"(nothing is downloaded from a hub)")
     unet_dir = root / "unet" if (root / "unet" / "config.json").is_file() else root
     if not (unet_dir / "config.json").is_file():
-        raise FileNotFoundError(f"'{root}' holds no UNet config.json (expected a diffusers "
-                                f"UNet2DModel directory or a pipeline with unet/)")
+        raise UserError(f"'{root}' holds no UNet config.json (expected a diffusers "
+                        f"UNet2DModel directory or a pipeline with unet/)")
     unet = UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True)
     if unet.config.in_channels != 3:
-        raise ValueError(f"the UNet in '{unet_dir}' takes {unet.config.in_channels} channels; "
-                         f"restoration needs an RGB (3-channel) model")
+        raise UserError(f"the UNet in '{unet_dir}' takes {unet.config.in_channels} channels; "
+                        f"restoration needs an RGB (3-channel) model")
     sched_dir = next((d for d in (root / "scheduler", root)
                       if (d / "scheduler_config.json").is_file()), None)
     base = DDPMScheduler.from_pretrained(str(sched_dir)) if sched_dir else DDPMScheduler()

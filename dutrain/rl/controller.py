@@ -30,6 +30,7 @@ from dutrain.config.rl import RLConfig
 from dutrain.io.dataset import decode_png, read_table
 from dutrain.io.storage import join
 from dutrain.models import resolve_model
+from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
 from dutrain.tracking import stage_run
 
@@ -94,6 +95,9 @@ class RunInputs:
 
 def prepare(cfg: RLConfig) -> RunInputs:
     """Resolve the model, read the dataset and find the checkpoint; clear errors, no actors."""
+    preflight.model("model", cfg.model, cfg.storage)
+    preflight.dataset("dataset", cfg.dataset, cfg.storage)
+    preflight.output_location("output", cfg.output, cfg.storage)
     try:
         model_dir = str(resolve_model(cfg.model, storage=cfg.storage))
     except (ValueError, FileNotFoundError) as exc:
@@ -344,11 +348,8 @@ class Controller:
 
 def run(cfg: RLConfig) -> int:
     """`dutrain rl`: validate, start the actor group, train, track, checkpoint."""
-    try:
-        inputs = prepare(cfg)
-    except ConfigError as exc:  # found before any actor started: a message, not a traceback
-        print(f"dutrain rl: config error: {exc}", file=sys.stderr)
-        return 2
+    inputs = prepare(cfg)  # a UserError here is found before any actor started
+    preflight.tracking(cfg.tracking)
     if cfg.resume and inputs.resume_from is None:
         print(f"rl: no checkpoint under '{cfg.output}', starting from '{cfg.model}'")
     with ray_session(cfg.ray), stage_run(cfg, "rl") as tracker, tqdm(

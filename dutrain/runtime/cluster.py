@@ -26,15 +26,32 @@ def ray_session(rcfg: Any) -> Iterator[Any]:
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if rcfg.address in (None, "local"):
-        ray.init(address="local", num_cpus=rcfg.num_cpus, include_dashboard=False,
-                 namespace=rcfg.namespace, _node_ip_address="127.0.0.1", log_to_driver=False)
-    else:
-        ray.init(address=rcfg.address, namespace=rcfg.namespace, log_to_driver=False)
-    try:
+    try:  # a Ctrl-C (or a failure) inside ray.init must not leave its GCS/raylet running
+        if rcfg.address in (None, "local"):
+            ray.init(address="local", num_cpus=rcfg.num_cpus, include_dashboard=False,
+                     namespace=rcfg.namespace, _node_ip_address="127.0.0.1", log_to_driver=False)
+        else:
+            ray.init(address=rcfg.address, namespace=rcfg.namespace, log_to_driver=False)
         yield ray
     finally:
+        _shutdown(ray)
+
+
+def _shutdown(ray: Any) -> None:
+    """ray.shutdown(), finished even when a second Ctrl-C arrives while it runs."""
+    import signal
+    import threading
+    restore = None
+    if threading.current_thread() is threading.main_thread():
+        try:
+            restore = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:
+            restore = None
+    try:
         ray.shutdown()
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGINT, restore)
 
 
 def is_private(ray: Any) -> bool:

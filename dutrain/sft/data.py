@@ -47,7 +47,8 @@ def parquet_files(root: str, storage: Any = None) -> tuple[list[str], Any]:
 
     files = sorted(parquet_dataset(root, storage).files)
     if not files:
-        raise FileNotFoundError(f"no Parquet files under '{root}'")
+        from dutrain.io.dataset import DatasetError
+        raise DatasetError(f"no Parquet files under '{root}'")
     fs, _ = filesystem(root, storage)
     return files, PyFileSystem(FSSpecHandler(fs))
 
@@ -77,8 +78,9 @@ def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: in
                                                        "target"]).materialize()
     n = ds.count()
     if n < num_shards:
-        raise ValueError(f"dataset '{root}' has {n} '{split}' rows; need at least one per worker "
-                         f"({num_shards})")
+        from dutrain.config import ConfigError
+        raise ConfigError(f"dataset '{root}' has {n} '{split}' rows; need at least one per "
+                          f"worker ({num_shards})")
     if num_shards == 1:
         return [ds]
     return ds.split(num_shards, equal=True)  # by row count: same rows per worker every run

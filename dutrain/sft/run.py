@@ -58,6 +58,13 @@ def run(cfg: SFTConfig) -> int:
     from .data import prepared_splits
     from .loop import train_loop
 
+    from dutrain.runtime import preflight
+
+    # inputs, output and tracking server are checked before Ray or a model starts (one line)
+    preflight.dataset("dataset", cfg.dataset, cfg.storage)
+    preflight.model("model", cfg.model, cfg.storage)
+    preflight.output_location("output", cfg.output, cfg.storage)
+    preflight.tracking(cfg.tracking)
     output, dataset = _abs(cfg.output), _abs(cfg.dataset)
     # build the tiny model once for every worker, and check a local checkpoint before any work;
     # hub and s3 models are fetched by the workers themselves (not onto the driver)
@@ -66,7 +73,8 @@ def run(cfg: SFTConfig) -> int:
         model_dir = str(resolve_model(cfg.model, storage=cfg.storage,
                                       tiny=cfg.tiny.spec() if cfg.model == "tiny" else None))
     if not cfg.resume:
-        _clear_previous(output, cfg.storage)
+        with preflight.s3_errors("output", output):
+            _clear_previous(output, cfg.storage)
     conf = to_dict(cfg) | {"dataset": dataset, "output": output}
     with ray_session(cfg.ray), stage_run(cfg, "sft", params={"model_dir": model_dir}) as run:
         t0 = time.perf_counter()

@@ -16,11 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from dutrain.errors import UserError
 from dutrain.schema import SPLITS
 
 from .mlflow_run import stage_run, tracking_uri
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class CompareError(UserError, ValueError):
+    """A selection that matches nothing usable (the message names the selector)."""
+
+
 #: metric names preferred when none are chosen (docs/design.md §8; after any split prefix), in
 #: order
 HEADLINE = ("type_f1", "type_exact", "format_valid", "key_acc", "value_nmae", "value_within_1_step",
@@ -83,7 +90,7 @@ def select_runs(client: Any, experiment_ids: Sequence[str], runs: Sequence[str] 
     that name), `filter_string` and all `tags`; with no selector at all, the newest `eval` runs.
     `latest_per_name` then keeps the newest run of each run name.
 
-    Oldest first; no duplicates. Raises ValueError naming what matched nothing.
+    Oldest first; no duplicates. Raises CompareError naming what matched nothing.
     """
     order = ["attributes.start_time DESC"]
     named: dict[str, Any] = {}
@@ -98,7 +105,8 @@ def select_runs(client: Any, experiment_ids: Sequence[str], runs: Sequence[str] 
             hits = client.search_runs(experiment_ids, f"attributes.run_name = {_quote(ref)}",
                                       max_results=1, order_by=order)
         if not hits:
-            raise ValueError(f"no run with id or name {ref!r} in experiment(s) {list(experiment_ids)}")
+            raise CompareError(f"no run with id or name {ref!r} in experiment(s) "
+                               f"{list(experiment_ids)}")
         named[hits[0].info.run_id] = hits[0]
     clauses = [f"tags.`{k}` = {_quote(v)}" for k, v in (t.split("=", 1) for t in tags)]
     if filter_string:
@@ -112,11 +120,12 @@ def select_runs(client: Any, experiment_ids: Sequence[str], runs: Sequence[str] 
             hits = client.search_runs(experiment_ids, where, order_by=order,
                                       max_results=1000 if runs else max_runs)
         except Exception as exc:
-            raise ValueError(f"bad run selector {where!r}: {exc}") from None
+            raise CompareError(f"bad run selector {where!r}: {exc}") from None
         ids = {h.info.run_id for h in hits}
         found = {i: r for i, r in named.items() if i in ids} if runs else {h.info.run_id: h for h in hits}
         if not found:
-            raise ValueError(f"no runs matched {where}" + (f" among {list(runs)}" if runs else ""))
+            raise CompareError(f"no runs matched {where}"
+                               + (f" among {list(runs)}" if runs else ""))
     chosen = sorted(found.values(), key=lambda r: (r.info.start_time or 0, r.info.run_id))
     if latest_per_name:
         chosen = list({r.info.run_name or r.info.run_id: r for r in chosen}.values())  # newer win
@@ -188,11 +197,15 @@ def compare(cfg: Any) -> tuple[Comparison, Path]:
     """Select, tabulate and write the comparison (no MLflow run of its own)."""
     from mlflow import MlflowClient
 
+    from dutrain.runtime import preflight
+
+    preflight.output_location("output", cfg.output)
+    preflight.tracking(cfg.tracking, required=True)  # compare reads runs: tracking must be on
     client = MlflowClient(tracking_uri=tracking_uri(cfg.tracking.uri))
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
-        raise ValueError(f"no MLflow experiment {cfg.tracking.experiment!r} at "
-                         f"{tracking_uri(cfg.tracking.uri)}")
+        raise CompareError(f"no MLflow experiment {cfg.tracking.experiment!r} at "
+                           f"{tracking_uri(cfg.tracking.uri)}")
     runs = select_runs(client, [exp.experiment_id], cfg.runs, cfg.filter, cfg.tags, cfg.max_runs,
                        cfg.latest_per_name)
     comp = Comparison(runs, differing_params(runs, cfg.params, cfg.ignore_params),
@@ -207,13 +220,9 @@ def compare(cfg: Any) -> tuple[Comparison, Path]:
 
 
 def run_compare(cfg: Any) -> int:
-    """The `dutrain compare` runner (exit code 2 when the selection matches nothing usable)."""
-    import sys
-    try:
-        comp, out = compare(cfg)
-    except ValueError as exc:
-        print(f"dutrain compare: error: {exc}", file=sys.stderr)
-        return 2
+    """The `dutrain compare` runner: 0, or a UserError (exit 2) when the selection matches
+    nothing usable or the tracking server cannot be reached."""
+    comp, out = compare(cfg)
     ids = [r.info.run_id for r in comp.runs]
     with stage_run(cfg, "compare", tags={"dutrain.compared_runs": ",".join(ids)}) as run:
         for name in ("compare.md", "compare.csv", "compare.png"):

@@ -15,6 +15,7 @@ import torch
 
 from dutrain.models import (encode_prompts, load_model, load_processor, resolve_model,
                             tiny_model)
+from dutrain.models.loading import CheckpointError
 from dutrain.models.tiny import TinySpec
 from dutrain.runtime.vllm_env import VLLM_ENV
 
@@ -33,10 +34,10 @@ def test_build_is_deterministic_and_cached(tmp_path):
 
 
 def test_resolve_model_refuses_bad_references(tmp_path):
-    with pytest.raises(ValueError, match="neither 'tiny'"):
+    with pytest.raises(CheckpointError, match="neither 'tiny'"):
         resolve_model("./nowhere/at/all")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match="not supported; allowed: qwen2_vl, qwen2_5_vl"):
+    with pytest.raises(CheckpointError, match="not supported; allowed: qwen2_vl, qwen2_5_vl"):
         resolve_model(str(tmp_path))
 
 

@@ -14,6 +14,7 @@ from skimage import data
 
 from dutrain.cli import main
 from dutrain.degrade import apply_chain, to_float
+from dutrain.errors import UserError
 from dutrain.restore.ddnm import ddnm, load_diffusion, restore_ddnm
 from dutrain.restore.linear import operator_for
 
@@ -109,5 +110,5 @@ def test_cli_ddnm_backend_on_a_folder(unet_dir, tmp_path):
 
 
 def test_missing_model_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded from a hub"):
+    with pytest.raises(UserError, match="nothing is downloaded from a hub"):
         load_diffusion("google/ddpm-cifar10-32", "cpu")

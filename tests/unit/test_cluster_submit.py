@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from dutrain.cli import main
 from dutrain.config import ConfigError, RayConfig, TrackingConfig, configclass, load_config, option
 from dutrain.config.submit import DEFAULT_EXCLUDES, SubmitConfig
 from dutrain.submit import (CONFIG_DIR, auth_token, entrypoint, entrypoint_resources, job_env,
-                            job_overrides, parse_argv, resolve_address, run, stage_working_dir)
+                            job_overrides, parse_argv, resolve_address, stage_working_dir)
 
 
 def test_parse_argv_splits_submit_flags_from_the_verb_and_its_overrides():
@@ -52,16 +53,16 @@ def test_exclude_flag_adds_to_the_defaults():
 
 
 def test_bad_submit_values_are_usage_errors(capsys):
-    assert run(["v", "--num-gpus", "-1"]) == 2
+    assert main(["submit", "v", "--num-gpus", "-1"]) == 2
     assert "bad value for 'entrypoint_num_gpus' (--num-gpus): -1.0 (allowed: a number or null >= 0)" in \
         capsys.readouterr().err
-    assert run(["v", "--address", "nowhere"]) == 2
+    assert main(["submit", "v", "--address", "nowhere"]) == 2
     assert "bad value for 'address' (--address): 'nowhere'" in capsys.readouterr().err
 
 
 def test_unknown_verb_is_refused_before_any_connection(capsys):
     # the address is unroutable: reaching it would hang or fail with exit code 4, not 2
-    assert run(["no-such-verb", "--address", "http://192.0.2.1:8265"]) == 2
+    assert main(["submit", "no-such-verb", "--address", "http://192.0.2.1:8265"]) == 2
     assert "cannot submit 'no-such-verb'" in capsys.readouterr().err
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from dutrain.config import ConfigError, VERBS, load_config
 from dutrain.config.rl import RLConfig
+from dutrain.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,6 +56,6 @@ def test_missing_dataset_fails_before_ray_starts(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(a or k))
     cfg = load_config(RLConfig, overrides=[f"dataset={tmp_path / 'none'}",
                                            "tracking.enabled=false"])
-    assert run(cfg) == 2
-    assert "bad value for 'dataset'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="bad value for 'dataset'"):
+        run(cfg)  # the CLI prints it as one line, exit 2
     assert started == []
