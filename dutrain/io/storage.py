@@ -7,7 +7,8 @@ S3 honours the standard AWS_* variables (credentials, AWS_ENDPOINT_URL, AWS_DEFA
 from __future__ import annotations
 
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable
 
 import fsspec
 
@@ -46,3 +47,28 @@ def filesystem(uri: str, storage: Any = None) -> tuple[fsspec.AbstractFileSystem
 
 def join(uri: str, *parts: str) -> str:
     return "/".join([str(uri).rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def copy_tree(src: str | os.PathLike, dst: str | os.PathLike, storage: Any = None,
+              include: Callable[[str], bool] | None = None) -> list[str]:
+    """Copy every file under the directory `src` to the same relative path under `dst`; each
+    is a local path or a URI (s3://...). Files already at `dst` are overwritten, others kept.
+    `include(relative_path)` (posix, e.g. "model/config.json") picks the files to copy.
+    Returns the relative paths copied, sorted."""
+    src_remote, dst_remote = is_remote(str(src)), is_remote(str(dst))
+    sfs, spath = filesystem(str(src), storage)
+    dfs, dpath = filesystem(str(dst), storage)
+    spath, dpath = spath.rstrip("/"), dpath.rstrip("/")
+    rels = sorted(f[len(spath) + 1:] for f in sfs.find(spath))
+    rels = [r for r in rels if include is None or include(r)]
+    for rel in rels:
+        source, target = f"{spath}/{rel}", f"{dpath}/{rel}"
+        dfs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        if not src_remote:
+            dfs.put_file(source, target)
+        elif not dst_remote:
+            sfs.get_file(source, target)
+        else:
+            with sfs.open(source, "rb") as a, dfs.open(target, "wb") as b:
+                shutil.copyfileobj(a, b)
+    return rels

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dutrain.io.storage import filesystem, is_remote, join
+from dutrain.io.storage import copy_tree, filesystem, is_remote, join
 
 STATE = "state.json"
 _STEP = re.compile(r"step_(\d+)$")
@@ -27,16 +27,6 @@ _STEP = re.compile(r"step_(\d+)$")
 
 def step_dir(output: str, step: int) -> str:
     return join(output, "checkpoints", f"step_{step:06d}")
-
-
-def upload_dir(local: str | Path, uri: str, storage: Any = None) -> None:
-    """Copy a local directory's files to `uri` (a local path or s3:// prefix)."""
-    fs, path = filesystem(uri, storage)
-    for f in sorted(Path(local).rglob("*")):
-        if f.is_file():
-            dest = f"{path.rstrip('/')}/{f.relative_to(local).as_posix()}"
-            fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
-            fs.put_file(str(f), dest)
 
 
 def write_state(uri: str, state: dict[str, Any], storage: Any = None) -> None:
@@ -69,10 +59,9 @@ def fetch_dir(uri: str, storage: Any = None) -> str:
     """A local copy of a checkpoint directory (the path itself when already local)."""
     if not is_remote(uri):
         return str(Path(filesystem(uri)[1]))
-    fs, path = filesystem(uri, storage)
-    local = Path(tempfile.mkdtemp(prefix="dutrain-ckpt-"))
-    fs.get(path.rstrip("/") + "/", str(local), recursive=True)
-    return str(local)
+    local = tempfile.mkdtemp(prefix="dutrain-ckpt-")
+    copy_tree(uri, local, storage)
+    return local
 
 
 def local_staging(uri: str) -> tuple[str, bool]:

@@ -24,12 +24,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dutrain.config.rl import RLConfig
+from dutrain.io.storage import copy_tree
 from dutrain.models import load_model, load_processor
 from dutrain.models.engine import state_dict_bytes, untied
 from dutrain.models.prompts import encode_prompt_completion, encode_prompts
 
 from .batch import Batch
-from .checkpoint import fetch_dir, local_staging, upload_dir
+from .checkpoint import fetch_dir, local_staging
 from .loss import grpo_token_loss, token_logprobs
 
 #: tokens that only the prompt may hold: a sampled one would be read as an image slot
@@ -301,7 +302,7 @@ class LearnerWorker:
         if optimizer:
             torch.save(self.opt.state_dict(), d / "optimizer.pt")
         if remote:
-            upload_dir(d, uri, self.cfg.storage)
+            copy_tree(d, uri, self.cfg.storage)
             shutil.rmtree(d, ignore_errors=True)
         return uri
 

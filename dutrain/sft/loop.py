@@ -70,20 +70,20 @@ def save_hf(model: Any, processor: Any, out: str | os.PathLike) -> None:
 
 def publish(local_dir: str | os.PathLike, uri: str, storage: Any = None) -> None:
     """Replace `uri` (local dir or s3:// prefix) with the contents of `local_dir`."""
-    from dutrain.io.storage import filesystem, is_remote
+    from dutrain.io.storage import copy_tree, filesystem, is_remote
 
     if not is_remote(uri):
         dst = Path(uri)
         tmp = dst.with_name(f".{dst.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(local_dir, tmp)
+        copy_tree(local_dir, tmp)
         shutil.rmtree(dst, ignore_errors=True)
         os.replace(tmp, dst)
         return
     fs, path = filesystem(uri, storage)
     if fs.exists(path):
         fs.rm(path, recursive=True)
-    fs.put(str(local_dir).rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
+    copy_tree(local_dir, uri, storage)
 
 
 class Batcher:
