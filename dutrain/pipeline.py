@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dutrain.config import VERBS, replace, to_dict
-from dutrain.config.pipeline import STAGES, PipelineConfig
+from dutrain.config.pipeline import PIPELINE_STAGES, PipelineConfig
 from dutrain.config.secrets import redacted
 from dutrain.errors import UserError
 from dutrain.tracking import PARENT_ENV, PIPELINE_ENV, stage_run, tracking_uri
@@ -203,7 +203,7 @@ def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None =
     jobs = plan(cfg)
     preflight_pipeline(cfg)
     forced = set(cfg.force)
-    redo_from = min((STAGES.index(s) for s in forced), default=len(STAGES))
+    redo_from = min((PIPELINE_STAGES.index(s) for s in forced), default=len(PIPELINE_STAGES))
     results: dict[str, dict[str, Any]] = {}
     name = cfg.tracking.run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
     with stage_run(cfg, "pipeline", run_name=name) as parent, ray_session(cfg.ray):
@@ -214,7 +214,7 @@ def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None =
             for job in jobs:
                 if job.stage == "compare":
                     job = _compare_evals(job, pipeline_id(cfg))
-                must = STAGES.index(job.stage) >= redo_from
+                must = PIPELINE_STAGES.index(job.stage) >= redo_from
                 if not must and (is_complete(cfg, job) or _finished_output(job)):
                     results[job.label] = {"status": "skipped (complete)", "seconds": 0.0}
                     print(f"[pipeline] {job.label}: complete, skipped", flush=True)
@@ -241,7 +241,8 @@ def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None =
                     raise StageFailed(f"stage '{job.label}' (dutrain {job.verb}) failed with exit "
                                       f"code {code}; later stages not run. Fix it and rerun: "
                                       f"completed stages are skipped.", code)
-                redo_from = min(redo_from, STAGES.index(job.stage) + 1)  # later stages see new outputs
+                # later stages see new outputs
+                redo_from = min(redo_from, PIPELINE_STAGES.index(job.stage) + 1)
                 _mark(cfg, job, dt)
                 results[job.label] = {"status": "done", "seconds": dt}
                 parent.log_metrics({f"pipeline/{job.label}_seconds": dt})

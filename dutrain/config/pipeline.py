@@ -22,7 +22,7 @@ from .restore import RestoreConfig
 from .rl import RLConfig
 from .sft import SFTConfig
 
-STAGES = ("generate", "sft", "rl", "eval", "restore", "compare")
+PIPELINE_STAGES = ("generate", "sft", "rl", "eval", "restore", "compare")
 
 
 @configclass
@@ -31,8 +31,9 @@ class PipelineConfig:
                                        "the pipeline's completion markers")
     storage_root: str | None = option(None, "where data and checkpoints go (s3://bucket/prefix on "
                                             "a cluster; default: workdir)")
-    stages: list[str] = option(default_factory=lambda: list(STAGES),
-                               doc=f"stages to run, in order (subset of {', '.join(STAGES)})")
+    stages: list[str] = option(default_factory=lambda: list(PIPELINE_STAGES),
+                               doc=f"stages to run, in order (subset of "
+                                   f"{', '.join(PIPELINE_STAGES)})")
     force: list[str] = option(default_factory=list, doc="stages to redo even if complete (later "
                                                         "stages that depend on them are redone too)")
     stage_configs: dict[str, str] = option(default_factory=dict, doc="stage → YAML file applied as "
@@ -58,17 +59,18 @@ class PipelineConfig:
             files.update(layer.get("stage_configs") or {})
         base = []
         for stage, path in files.items():
-            if stage not in STAGES:
+            if stage not in PIPELINE_STAGES:
                 raise ConfigError(f"bad key in 'stage_configs': {stage!r} (allowed: "
-                                  f"{', '.join(STAGES)})")
+                                  f"{', '.join(PIPELINE_STAGES)})")
             base.append({stage: read_yaml(path)})
         return base + layers
 
     def validate(self) -> None:
         for key in ("stages", "force"):
-            bad = [s for s in getattr(self, key) if s not in STAGES]
+            bad = [s for s in getattr(self, key) if s not in PIPELINE_STAGES]
             if bad:
-                raise ConfigError(f"bad value for '{key}': {bad} (allowed: {', '.join(STAGES)})")
+                raise ConfigError(f"bad value for '{key}': {bad} "
+                                  f"(allowed: {', '.join(PIPELINE_STAGES)})")
         if "://" in self.workdir:
             raise ConfigError(f"bad value for 'workdir': {self.workdir!r} (allowed: a local path; "
                               f"point stage outputs at s3:// in their own sections instead)")

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dutrain.schema import STAGES, TAXONOMY, canonical_json, canonicalize, render_answer
+from dutrain.schema import STAGE_NAMES, TAXONOMY, canonical_json, canonicalize, render_answer
 
 from .estimators import measure
 
@@ -196,7 +196,7 @@ class ClassicalBaseline:
         """The annotation the calibrated rules give for one image's `measure()` output."""
         cal = self.calibration
         chain = []
-        for stage in sorted(STAGES):
+        for stage in sorted(STAGE_NAMES):
             pres = cal["presence"][str(stage)]
             if not pres["sign"] * feats[pres["feature"]] > pres["threshold"]:
                 continue

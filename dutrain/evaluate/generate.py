@@ -50,7 +50,7 @@ class GenerationStats:
         return self.tokens / self.generate_seconds if self.generate_seconds > 0 else 0.0
 
 
-def generate_completions(model_dir: str, pngs: Sequence[bytes],
+def vllm_completions(model_dir: str, pngs: Sequence[bytes],
                          gen: Any) -> tuple[list[str], GenerationStats]:
     """Completions for `pngs`, in order, from `gen.workers` engine actors (Ray initialised)."""
     import ray

@@ -57,11 +57,11 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
         return {r["sample_id"]: t for r, t in zip(wanted, texts)}, info, timing
     from dutrain.runtime.cluster import ray_session
     from dutrain.models import resolve_model
-    from .generate import generate_completions
+    from .generate import vllm_completions
     model_dir = str(resolve_model(cfg.source, storage=cfg.storage))
     with ray_session(cfg.ray):
-        texts, stats = generate_completions(model_dir, [r["degraded"] for r in wanted],
-                                            cfg.generation)
+        texts, stats = vllm_completions(model_dir, [r["degraded"] for r in wanted],
+                                        cfg.generation)
     timing.update({"eval/samples_per_s": stats.samples_per_s,
                    "eval/tokens_per_s": stats.tokens_per_s,
                    "eval/startup_seconds": stats.startup_seconds,

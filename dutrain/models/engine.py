@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -32,14 +32,6 @@ class Completion:
     #: log-probability of each sampled token under the sampling distribution, if requested
     logprobs: list[float] | None = None
     finish_reason: str | None = None
-
-
-@dataclass
-class EngineStats:
-    generated_tokens: int = 0
-    generate_seconds: float = 0.0
-    weight_updates: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _safetensors_items(weights: bytes | str | os.PathLike) -> Iterator[tuple[str, Any]]:
@@ -203,7 +195,6 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs.update(llm_kwargs)
         self.llm = LLM(**kwargs)
-        self.stats = EngineStats()
         self._grammar: str | None = None
 
     # ------------------------------------------------------------------------------ generate
@@ -238,8 +229,6 @@ class VLLMEngine:
         engine built with ``logprobs_mode="processed_logprobs"`` then reports log-probs of that
         restricted, temperature-scaled distribution.
         """
-        import time
-
         images = list(images)
         seeds = seed if isinstance(seed, (list, tuple)) else None
         if seeds is not None and len(seeds) != len(images):
@@ -252,9 +241,7 @@ class VLLMEngine:
             for p, s in zip(params, seeds):
                 p.seed = int(s)
         reqs = [{"prompt": self._prompt, "multi_modal_data": {"image": to_pil(im)}} for im in images]
-        t0 = time.perf_counter()
         outs = self.llm.generate(reqs, params, use_tqdm=False)
-        self.stats.generate_seconds += time.perf_counter() - t0
         result = []
         for o in outs:
             comps = []
@@ -263,7 +250,6 @@ class VLLMEngine:
                 if logprobs and c.logprobs is not None:
                     lp = [float(step[tid].logprob) for tid, step in zip(c.token_ids, c.logprobs)]
                 comps.append(Completion(c.text, list(c.token_ids), lp, c.finish_reason))
-                self.stats.generated_tokens += len(c.token_ids)
             result.append(comps)
         return result
 
@@ -278,7 +264,6 @@ class VLLMEngine:
         # a cached image embedding from the old weights would be reused (or miss and crash)
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_prefix_cache()
-        self.stats.weight_updates += 1
 
     def param_checksums(self) -> dict[str, float]:
         """Per-parameter sums as the (first) worker holds them."""

@@ -156,7 +156,7 @@ def predicted_completions(cfg: RestoreConfig, items: list[Item]) -> list[str]:
     import io
 
     from dutrain.runtime.cluster import ray_session
-    from dutrain.evaluate.generate import generate_completions
+    from dutrain.evaluate.generate import vllm_completions
     from dutrain.models import resolve_model
     model_dir = str(resolve_model(str(cfg.model), storage=cfg.storage))
     pngs = []
@@ -165,7 +165,7 @@ def predicted_completions(cfg: RestoreConfig, items: list[Item]) -> list[str]:
         Image.fromarray(it.degraded).save(buf, format="PNG")
         pngs.append(buf.getvalue())
     with ray_session(cfg.ray):
-        texts, _ = generate_completions(model_dir, pngs, cfg.generation)
+        texts, _ = vllm_completions(model_dir, pngs, cfg.generation)
     return texts
 
 
@@ -196,7 +196,7 @@ def ssim(ref: np.ndarray, img: np.ndarray) -> float:
     return float(structural_similarity(ref, img, channel_axis=2, data_range=255))
 
 
-def split_metrics(split: str, items: Iterable[Item]) -> dict[str, float]:
+def restoration_metrics(split: str, items: Iterable[Item]) -> dict[str, float]:
     """Mean PSNR/SSIM per kind, overall and per type (see module doc)."""
     sums: dict[str, list[float]] = {}
     for it in items:
@@ -343,7 +343,7 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
     metrics: dict[str, float] = {"restore/seconds_per_image": seconds / max(n_restores, 1)}
     report = ""
     if cfg.split is not None:
-        metrics.update(split_metrics(cfg.split, items))
+        metrics.update(restoration_metrics(cfg.split, items))
         counts = {**type_counts(items), "_total": len(items)}
         report = "\n".join([f"# Restoration: {cfg.input} / {cfg.split}", "",
                             f"backend: {cfg.restore.backend}; predicted by: "

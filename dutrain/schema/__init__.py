@@ -3,12 +3,12 @@
 from .annotation import (Annotation, AnnotationError, Degradation, canonical_json, canonicalize,
                          check_annotation, clean_annotation, is_clean, types_of)
 from .answer import ParseResult, answer_json_schema, parse_answer, render_answer
-from .taxonomy import (CLEAN, SPLITS, STAGES, TAXONOMY, TYPES, DegradationSpec, ParamSpec, all_keys,
+from .taxonomy import (CLEAN, SPLITS, STAGE_NAMES, TAXONOMY, TYPES, DegradationSpec, ParamSpec, all_keys,
                        param_spec, spec)
 
 __all__ = [
     "Annotation", "AnnotationError", "Degradation", "canonical_json", "canonicalize",
     "check_annotation", "clean_annotation", "is_clean", "types_of", "ParseResult",
-    "answer_json_schema", "parse_answer", "render_answer", "CLEAN", "SPLITS", "STAGES", "TAXONOMY", "TYPES",
+    "answer_json_schema", "parse_answer", "render_answer", "CLEAN", "SPLITS", "STAGE_NAMES", "TAXONOMY", "TYPES",
     "DegradationSpec", "ParamSpec", "all_keys", "param_spec", "spec",
 ]

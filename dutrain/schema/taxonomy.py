@@ -205,7 +205,7 @@ del P
 #: type name -> spec, in stage order (the canonical order of a chain).
 TAXONOMY: dict[str, DegradationSpec] = {d.type: d for d in sorted(_TYPES, key=lambda d: d.stage)}
 TYPES: tuple[str, ...] = tuple(TAXONOMY)
-STAGES: dict[int, str] = {d.stage: d.stage_name for d in _TYPES}
+STAGE_NAMES: dict[int, str] = {d.stage: d.stage_name for d in _TYPES}
 #: the pseudo-type used in metrics for an empty chain
 CLEAN = "clean"
 

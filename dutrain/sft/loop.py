@@ -123,8 +123,8 @@ def val_loss(model: Any, batcher: Batcher, batch_size: int, autocast: Any, devic
     return total / max(count, 1.0)
 
 
-def generate_completions(model: Any, processor: Any, images: list[np.ndarray],
-                         max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def transformers_completions(model: Any, processor: Any, images: list[np.ndarray],
+                             max_new_tokens: int, batch_size: int = 16) -> list[str]:
     """Greedy completions with transformers (the final evaluation runs inside the trainer)."""
     m = unwrap(model)
     m.eval()
@@ -144,8 +144,8 @@ def generate_completions(model: Any, processor: Any, images: list[np.ndarray],
 def final_evaluation(model: Any, processor: Any, rows: list[dict[str, Any]], max_new_tokens: int,
                      ) -> tuple[dict[str, float], list[str]]:
     """`val/...` metrics of the shared scorer (format validity, type F1, …) and completions."""
-    comps = generate_completions(model, processor, [decode_png(r["degraded"]) for r in rows],
-                                 max_new_tokens)
+    comps = transformers_completions(model, processor,
+                                     [decode_png(r["degraded"]) for r in rows], max_new_tokens)
     scored = [score_sample(r["sample_id"], "val", c, r["annotation"]) for r, c in zip(rows, comps)]
     return split_metrics("val", scored), comps
 

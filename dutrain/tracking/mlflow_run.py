@@ -27,7 +27,6 @@ PARENT_ENV = "DUTRAIN_PARENT_RUN_ID"
 #: set by `dutrain pipeline`: a stable id of its workdir, tagged on every stage run so a rerun
 #: (a new parent run) still finds the runs of stages it skipped
 PIPELINE_ENV = "DUTRAIN_PIPELINE_ID"
-STAGES = ("generate", "sft", "rl", "eval", "restore", "compare", "pipeline")
 _MAX_PARAM = 6000  # MLflow's param value limit
 
 

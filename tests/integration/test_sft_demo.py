@@ -14,7 +14,7 @@ from dutrain.io.dataset import decode_png, read_table
 from dutrain.evaluate.metrics import score_sample, split_metrics
 from dutrain.models import load_model, load_processor, resolve_model
 from dutrain.schema import CLEAN, types_of
-from dutrain.sft.loop import generate_completions
+from dutrain.sft.loop import transformers_completions
 
 TEST_ROWS = 240
 # Measured on 2 cores with the fixture's CI-sized run (seeded end to end), 240 test images:
@@ -43,8 +43,9 @@ def type_priors(rows) -> dict[str, float]:
 
 
 def _test_metrics(model_dir, rows) -> dict[str, float]:
-    comps = generate_completions(load_model(model_dir), load_processor(model_dir),
-                                 [decode_png(r["degraded"]) for r in rows], max_new_tokens=320)
+    comps = transformers_completions(load_model(model_dir), load_processor(model_dir),
+                                     [decode_png(r["degraded"]) for r in rows],
+                                     max_new_tokens=320)
     return split_metrics("test", [score_sample(r["sample_id"], "test", c, r["annotation"])
                                   for r, c in zip(rows, comps)])
 

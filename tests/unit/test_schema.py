@@ -5,7 +5,7 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from dutrain.schema import (STAGES, TAXONOMY, TYPES, AnnotationError, answer_json_schema,
+from dutrain.schema import (STAGE_NAMES, TAXONOMY, TYPES, AnnotationError, answer_json_schema,
                             canonical_json, canonicalize, param_spec, parse_answer, render_answer)
 
 
@@ -134,7 +134,7 @@ def test_clean_answer_and_canonical_format():
 def test_taxonomy_matches_design():
     assert TYPES == ("haze", "rain", "gaussian_blur", "motion_blur", "defocus_blur", "low_light",
                      "downsample", "gaussian_noise", "poisson_noise", "jpeg")
-    assert STAGES == {1: "scene", 2: "scene", 3: "optics", 4: "exposure", 5: "sampling", 6: "sensor",
+    assert STAGE_NAMES == {1: "scene", 2: "scene", 3: "optics", 4: "exposure", 5: "sampling", 6: "sensor",
                       7: "codec"}
     peak = param_spec("poisson_noise", "peak")
     assert peak.grid()[:9] == [3, 4, 5, 6, 7, 8, 9, 10, 15] and peak.grid()[-1] == 200
