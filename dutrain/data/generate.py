@@ -148,8 +148,11 @@ def prepare_output(root: Root, cfg: GenerateConfig, params: dict[str, Any],
         return None
     try:
         plan = root.read_json(PLAN_FILE)
-        plan["fingerprint"], plan["shards"]  # noqa: B018 (a plan cut short fails here)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not isinstance(plan, dict) or "fingerprint" not in plan:
+            raise ValueError("no fingerprint")
+        if plan["fingerprint"] == fp and not isinstance(plan.get("shards"), list):
+            raise ValueError("no shard list")
+    except (OSError, ValueError) as exc:
         # the plan is a pure function of the config and the sources: rebuild it; part files of
         # this config carry its fingerprint and are kept (complete_shards checks each one)
         print(f"generate: warning: {PLAN_FILE} in {cfg.output!r} is damaged "
