@@ -14,13 +14,20 @@ and prefix caches must be reset or the next request with a cached image kills th
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import torch
+from safetensors.torch import load as load_bytes
+from safetensors.torch import load_file, save
+from transformers import AutoProcessor
+
 from dutrain.runtime.vllm_env import set_vllm_env
+from dutrain.schema import TAXONOMY
 
 from .prompts import prompt_text, to_pil
 
@@ -35,9 +42,6 @@ class Completion:
 
 
 def _safetensors_items(weights: bytes | str | os.PathLike) -> Iterator[tuple[str, Any]]:
-    from safetensors.torch import load as load_bytes
-    from safetensors.torch import load_file
-
     if isinstance(weights, (bytes, bytearray, memoryview)):
         yield from load_bytes(bytes(weights)).items()
         return
@@ -64,8 +68,6 @@ def untied(state: dict[str, Any]) -> dict[str, Any]:
 
 def state_dict_bytes(state: dict[str, Any]) -> bytes:
     """A state dict as safetensors bytes; tied tensors (lm_head = embed_tokens) are sent once."""
-    from safetensors.torch import save
-
     return save({k: v.detach().contiguous().cpu() for k, v in untied(state).items()})
 
 
@@ -74,6 +76,8 @@ def reload_weights_rpc(worker: Any, weights: bytes | str) -> int:
 
     Module-level so the worker can import it (collective_rpc pickles it by reference).
     """
+    # vLLM is optional (absent on training-only machines) and must be imported after
+    # set_vllm_env: every vllm import of this module is in the code that needs an engine
     from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
     items = list(_safetensors_items(weights))
@@ -92,8 +96,6 @@ def reload_weights_rpc(worker: Any, weights: bytes | str) -> int:
 
 def param_checksum_rpc(worker: Any) -> dict[str, float]:
     """Runs inside each vLLM worker: float64 sum of every parameter, by name."""
-    import torch
-
     model = worker.get_model() if hasattr(worker, "get_model") else worker.model_runner.get_model()
     with torch.no_grad():
         return {n: float(p.detach().to(torch.float64).sum()) for n, p in model.named_parameters()}
@@ -107,8 +109,6 @@ def weight_stats_rpc(worker: Any) -> dict[str, float]:
     stats cover exactly what the engine computes with. Layout-independent (fused qkv, padded
     vocabulary), so they compare with the same stats of a transformers state dict.
     """
-    import torch
-
     model = worker.get_model() if hasattr(worker, "get_model") else worker.model_runner.get_model()
     total, sq, nonzero = 0.0, 0.0, 0
     seen: set[int] = set()
@@ -142,8 +142,6 @@ def answer_grammar() -> str:
     per stage, params in key order, separators ", " and ": " — so every constrained completion
     parses, validates and is already canonical.
     """
-    from dutrain.schema import TAXONOMY
-
     stages = sorted({s.stage for s in TAXONOMY.values()})
     rules = ['root ::= "<think>" think "</think>\\n<answer>" answer "</answer>"',
              "think ::= [^<]*",
@@ -179,8 +177,7 @@ class VLLMEngine:
                  gpu_memory_utilization: float = 0.5, structured_backend: str = "xgrammar",
                  enforce_eager: bool = True, tensor_parallel_size: int = 1, **llm_kwargs: Any):
         set_vllm_env()
-        from transformers import AutoProcessor
-        from vllm import LLM
+        from vllm import LLM  # optional dependency, imported after set_vllm_env (see above)
 
         self.model_dir = str(model_dir)
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
@@ -190,7 +187,6 @@ class VLLMEngine:
                       limit_mm_per_prompt={"image": 1, "video": 0},
                       tensor_parallel_size=tensor_parallel_size,
                       structured_outputs_config={"backend": structured_backend})
-        import torch
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs.update(llm_kwargs)
@@ -202,7 +198,7 @@ class VLLMEngine:
                         max_tokens: int = 256, logprobs: bool = False, seed: int | None = None,
                         structured: bool = False,
                         allowed_token_ids: list[int] | None = None) -> Any:
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # optional dependency (see reload_weights_rpc)
         from vllm.sampling_params import StructuredOutputsParams
 
         if n > 1 and temperature == 0:
@@ -274,7 +270,5 @@ class VLLMEngine:
         return self.llm.collective_rpc(weight_stats_rpc)[0]
 
     def close(self) -> None:
-        import gc
-
         del self.llm
         gc.collect()
