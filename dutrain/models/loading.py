@@ -8,6 +8,7 @@ vLLM engine are written for them.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dutrain.errors import UserError
+from dutrain.io.storage import copy_tree, filesystem
 
 from .tiny import TinySpec, default_cache_dir, tiny_model
 
@@ -24,19 +26,20 @@ SUPPORTED_TYPES = ("qwen2_vl", "qwen2_5_vl")
 #: files worth fetching from a remote checkpoint: weights as safetensors, never pickles
 FETCH_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken")
 
+# torch, transformers and huggingface_hub are imported in the functions that use them: this
+# module comes with `import dutrain.models`, which config validation and drivers that only
+# resolve a local or tiny model do without them (see dutrain/models/tiny.py)
+
 
 class CheckpointError(UserError, FileNotFoundError):
     """A model reference that is not a usable checkpoint (missing, wrong kind, junk weights)."""
 
 
 def _wanted(name: str) -> bool:
-    import fnmatch
     return any(fnmatch.fnmatch(name, p) for p in FETCH_PATTERNS)
 
 
 def _download_s3(uri: str, cache_dir: Path, storage: Any = None) -> Path:
-    from dutrain.io.storage import copy_tree, filesystem
-
     final = cache_dir / "models" / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
     if (final / "config.json").is_file():
         return final

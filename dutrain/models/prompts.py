@@ -12,6 +12,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+# torch is imported in the encoders: this module comes with `import dutrain.models`, which
+# config validation does without torch (see dutrain/models/tiny.py)
+
 INSTRUCTION = (
     "Which degradations were applied to this image? Reason from measured cues inside "
     "<think></think>, then give the degradations with their parameters as JSON inside "
