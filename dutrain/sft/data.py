@@ -12,8 +12,14 @@ import json
 from typing import Any, Iterator
 
 import numpy as np
+import ray.data
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+from ray.data.expressions import col
 
-from dutrain.io.dataset import decode_png, read_table
+from dutrain.config import ConfigError
+from dutrain.degrade import measure_cues, write_reasoning
+from dutrain.io.dataset import DatasetError, decode_png, parquet_dataset, read_table
+from dutrain.io.storage import filesystem
 from dutrain.schema import render_answer
 
 TARGETS = ("reasoning", "answer")
@@ -21,8 +27,6 @@ TARGETS = ("reasoning", "answer")
 
 def make_target(degraded_png: bytes, annotation: dict[str, Any] | str, mode: str = "reasoning") -> str:
     """The assistant text for one sample (`mode` 'answer' leaves the reasoning empty)."""
-    from dutrain.degrade import measure_cues, write_reasoning
-
     ann = json.loads(annotation) if isinstance(annotation, str) else annotation
     if mode == "answer":
         return render_answer(ann, "")
@@ -40,14 +44,8 @@ def add_targets(batch: dict[str, Any], mode: str) -> dict[str, Any]:
 
 def parquet_files(root: str, storage: Any = None) -> tuple[list[str], Any]:
     """The dataset's Parquet files in a fixed (sorted) order, and the pyarrow filesystem."""
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    from dutrain.io.dataset import parquet_dataset
-    from dutrain.io.storage import filesystem
-
     files = sorted(parquet_dataset(root, storage).files)
     if not files:
-        from dutrain.io.dataset import DatasetError
         raise DatasetError(f"no Parquet files under '{root}'")
     fs, _ = filesystem(root, storage)
     return files, PyFileSystem(FSSpecHandler(fs))
@@ -60,9 +58,6 @@ def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: in
     Deterministic: files are read in sorted order with order-preserving execution, so a
     restarted run gives every worker the same rows.
     """
-    import ray.data
-    from ray.data.expressions import col
-
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     files, fs = parquet_files(root, storage)
@@ -78,7 +73,6 @@ def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: in
                                                        "target"]).materialize()
     n = ds.count()
     if n < num_shards:
-        from dutrain.config import ConfigError
         raise ConfigError(f"dataset '{root}' has {n} '{split}' rows; need at least one per "
                           f"worker ({num_shards})")
     if num_shards == 1:

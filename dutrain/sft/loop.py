@@ -32,6 +32,7 @@ from dutrain.config import load_config
 from dutrain.config.sft import SFTConfig
 from dutrain.evaluate.metrics import score_sample, split_metrics
 from dutrain.io.dataset import decode_png
+from dutrain.io.storage import copy_tree, filesystem, is_remote
 from dutrain.models import encode_prompts, encode_sft, load_model, load_processor, resolve_model
 from dutrain.tracking import Tracker
 from dutrain.tracking.progress import post_step
@@ -70,8 +71,6 @@ def save_hf(model: Any, processor: Any, out: str | os.PathLike) -> None:
 
 def publish(local_dir: str | os.PathLike, uri: str, storage: Any = None) -> None:
     """Replace `uri` (local dir or s3:// prefix) with the contents of `local_dir`."""
-    from dutrain.io.storage import copy_tree, filesystem, is_remote
-
     if not is_remote(uri):
         dst = Path(uri)
         tmp = dst.with_name(f".{dst.name}.tmp")

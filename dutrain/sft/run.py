@@ -12,12 +12,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
 from dutrain.config import to_dict
 from dutrain.config.sft import SFTConfig
-from dutrain.runtime.cluster import ray_session
 from dutrain.io.storage import filesystem, is_remote
+from dutrain.models import resolve_model
+from dutrain.runtime import preflight
+from dutrain.runtime.cluster import ray_session
 from dutrain.tracking import stage_run, tracking_uri
 from dutrain.tracking.progress import step_progress
+
+from .data import prepared_splits
+from .loop import train_loop
 
 RUN_NAME = "train"
 
@@ -30,7 +39,6 @@ def _storage(output: str, storage: Any) -> tuple[str, Any]:
     """Ray Train's storage_path and filesystem for a local or s3:// output."""
     if not is_remote(output):
         return output, None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
     fs, path = filesystem(output, storage)
     return path, PyFileSystem(FSSpecHandler(fs))
 
@@ -50,16 +58,6 @@ def read_final_eval(output: str, storage: Any = None) -> dict[str, float]:
 
 
 def run(cfg: SFTConfig) -> int:
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from dutrain.models import resolve_model
-
-    from .data import prepared_splits
-    from .loop import train_loop
-
-    from dutrain.runtime import preflight
-
     # inputs, output and tracking server are checked before Ray or a model starts (one line)
     preflight.dataset("dataset", cfg.dataset, cfg.storage)
     preflight.model("model", cfg.model, cfg.storage)
