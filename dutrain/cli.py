@@ -15,7 +15,7 @@ import textwrap
 
 from dutrain import __version__
 from dutrain.config import VERBS, help_rows, load_config
-from dutrain.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USER, UserError
+from dutrain.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USER, UserError, disk_full
 
 USAGE = "usage: dutrain VERB [--config FILE.yaml] [key=value ...]   (dutrain VERB --help)"
 
@@ -101,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dutrain {name}: interrupted; finished work is kept, rerun the same command to "
               f"resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if not disk_full(exc):
+            raise
+        where = getattr(exc, "filename", None)
+        where = f" (writing {where})" if where else ""
+        print(f"dutrain {name}: error: no space left on device{where}; finished work is kept: "
+              f"free space or choose another output, then rerun the same command", file=sys.stderr)
+        return EXIT_USER
 
 
 def _run_verb(name: str, rest: list[str]) -> int:

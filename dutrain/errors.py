@@ -29,3 +29,17 @@ EXIT_CODES: dict[int, str] = {
 
 class UserError(Exception):
     """A problem the user can fix. The message names the bad key/file/value and what is allowed."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True when `exc` or an exception it was raised from is ENOSPC (no space left on device),
+    also when a Ray task raised it on a worker (Ray re-raises it wrapped, with its text)."""
+    import errno
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False

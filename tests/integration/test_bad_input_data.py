@@ -504,3 +504,68 @@ def test_eval_on_an_empty_dataset(tmp_path, capsys):
     pq.write_table(schema.empty_table(), ds / "part-00000.parquet")
     code, err = _eval(capsys, ds, tmp_path)
     assert code == 2 and "has no rows in split(s) train" in err
+
+
+# ------------------------------------------------------------------------------- full disk
+
+def _can_mount_tmpfs() -> bool:
+    """A tiny tmpfs without root: a user + mount namespace (`unshare -Urm`)."""
+    import subprocess
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-Urm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True, timeout=20)
+    return probe.returncode == 0
+
+
+needs_tmpfs = pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -Urm` to mount "
+                                 "a tiny tmpfs without root (user namespaces)")
+
+
+def _in_small_disk(tmp_path: Path, script: str) -> str:
+    import subprocess
+    import sys
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    bin_ = Path(sys.executable).parent
+    body = script.format(mnt=mnt, dutrain=bin_ / "dutrain", python=sys.executable)
+    proc = subprocess.run(["unshare", "-Urm", "sh", "-c", body], capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    return proc.stdout + proc.stderr
+
+
+@needs_tmpfs
+def test_full_disk_stops_generate_in_one_line_and_a_rerun_resumes(tmp_path):
+    gen = ("{dutrain} generate output={mnt}/ds sources=[builtin] image_size=64 samples=64 "
+           "rows_per_shard=8 ood_fraction=0 progress=false tracking.enabled=false "
+           "ray.num_cpus=1 workers=1")
+    log = _in_small_disk(tmp_path, f"""
+mount -t tmpfs -o size=120k tmpfs {{mnt}}
+{gen} 2>&1; echo "exit1=$?"
+ls {{mnt}}/ds | grep -c '^part-' | sed 's/^/parts1=/'
+mount -o remount,size=8m tmpfs {{mnt}}
+{gen} 2>&1; echo "exit2=$?"
+{{python}} -c "from dutrain.io.dataset import read_table; print('rows=', read_table('{{mnt}}/ds').num_rows)"
+""")
+    assert "Traceback" not in log, log[-4000:]
+    assert "exit1=2" in log and "dutrain generate: error: no space left on device" in log, log[-3000:]
+    kept = int(log.split("parts1=")[1].split()[0])
+    assert kept >= 1  # the part files written before the disk filled are kept …
+    assert "exit2=0" in log and f"{kept} shards kept" in log  # … and the rerun resumes
+    assert "rows= 64" in log
+
+
+@needs_tmpfs
+def test_full_disk_stops_restore_in_one_line(tmp_path):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(_rgb(i, 256, 256)).save(src / f"im{i}.png")
+    (tmp_path / "id.json").write_text(json.dumps(IDENTITY))
+    log = _in_small_disk(tmp_path, f"""
+mount -t tmpfs -o size=64k tmpfs {{mnt}}
+{{dutrain}} restore input={src} annotation={tmp_path / 'id.json'} output={{mnt}}/r \
+    tracking.enabled=false 2>&1; echo "exit=$?"
+""")
+    assert "Traceback" not in log, log[-4000:]
+    assert "exit=2" in log and "dutrain restore: error: no space left on device" in log, log
