@@ -113,7 +113,9 @@ def list_one(spec: str, storage: Any = None) -> list[SourceRef]:
     if procedural is not None:
         return [SourceRef(f"{DEAD_LEAVES}/{i:05d}", f"{DEAD_LEAVES}:{i}") for i in range(procedural)]
     if spec.startswith("s3://"):
-        from dutrain.runtime.preflight import s3_errors
+        from dutrain.runtime.preflight import existing_dir, s3_errors
+        if not spec.endswith(".txt"):  # a missing bucket, credentials, endpoint: one line
+            existing_dir("sources", spec, storage, "an s3:// prefix of images")
         with s3_errors("sources", spec):
             return _list_file(spec, storage) if spec.endswith(".txt") else _list_s3(spec, storage)
     if "://" in spec:

@@ -98,6 +98,7 @@ def prepare(cfg: RLConfig) -> RunInputs:
     preflight.model("model", cfg.model, cfg.storage)
     preflight.dataset("dataset", cfg.dataset, cfg.storage)
     preflight.output_location("output", cfg.output, cfg.storage)
+    preflight.tracking(cfg.tracking)
     try:
         model_dir = str(resolve_model(cfg.model, storage=cfg.storage))
     except (ValueError, FileNotFoundError) as exc:
@@ -349,7 +350,6 @@ class Controller:
 def run(cfg: RLConfig) -> int:
     """`dutrain rl`: validate, start the actor group, train, track, checkpoint."""
     inputs = prepare(cfg)  # a UserError here is found before any actor started
-    preflight.tracking(cfg.tracking)
     if cfg.resume and inputs.resume_from is None:
         print(f"rl: no checkpoint under '{cfg.output}', starting from '{cfg.model}'")
     with ray_session(cfg.ray), stage_run(cfg, "rl") as tracker, tqdm(

@@ -26,15 +26,65 @@ def ray_session(rcfg: Any) -> Iterator[Any]:
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    before = _children()
     try:  # a Ctrl-C (or a failure) inside ray.init must not leave its GCS/raylet running
         if rcfg.address in (None, "local"):
             ray.init(address="local", num_cpus=rcfg.num_cpus, include_dashboard=False,
                      namespace=rcfg.namespace, _node_ip_address="127.0.0.1", log_to_driver=False)
         else:
             ray.init(address=rcfg.address, namespace=rcfg.namespace, log_to_driver=False)
+    except BaseException:
+        _shutdown(ray)
+        # interrupted before ray.init recorded its node, ray.shutdown() knows nothing of the
+        # processes it had started: end the children this start-up left behind
+        _end_processes(_children() - before)
+        raise
+    try:
         yield ray
     finally:
         _shutdown(ray)
+
+
+def _children() -> set[int]:
+    """Pids of this process's direct children (Linux /proc; empty elsewhere)."""
+    me, out = os.getpid(), set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for e in entries:
+        if e.isdigit():
+            try:
+                with open(f"/proc/{e}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == me:
+                out.add(int(e))
+    return out
+
+
+def _end_processes(pids: set[int]) -> None:
+    import signal
+    import time
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0)):
+        alive = set()
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+                alive.add(pid)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while alive and time.monotonic() < deadline:
+            for pid in list(alive):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        alive.discard(pid)
+                except ChildProcessError:
+                    alive.discard(pid)
+            time.sleep(0.05)
+        pids = alive
 
 
 def _shutdown(ray: Any) -> None:

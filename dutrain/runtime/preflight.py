@@ -118,19 +118,15 @@ def existing_file(key: str, path: str | None, what: str = "a file") -> None:
 
 
 def dataset(key: str, root: str | None, storage: Any = None) -> None:
-    """`root` must be a dutrain dataset: a folder (or s3:// prefix) holding Parquet part files."""
+    """`root` must be a readable dutrain dataset (`dutrain.io.dataset.check_dataset`: a folder or
+    s3:// prefix of complete, undamaged Parquet part files)."""
+    from dutrain.io.dataset import DatasetError, check_dataset
     existing_dir(key, root, storage, "a dataset folder")
-    hint = "run `dutrain generate` first, or point it at a generate output"
-    if str(root).startswith("s3://"):
-        from dutrain.io.storage import filesystem
+    try:
         with s3_errors(key, str(root)):
-            fs, path = filesystem(str(root), storage)
-            names = fs.find(path)
-    else:
-        names = [str(p) for p in Path(str(root)).expanduser().rglob("*.parquet")]
-    if not any(str(n).endswith(".parquet") for n in names):
-        raise PreflightError(f"bad value for '{key}': '{root}' is not a dutrain dataset (no "
-                             f"Parquet part files); {hint}")
+            check_dataset(str(root), storage)
+    except DatasetError as exc:
+        raise PreflightError(f"bad value for '{key}': {exc}") from None
 
 
 def output_location(key: str, path: str | None, storage: Any = None) -> None:
@@ -229,20 +225,32 @@ def probe_http(uri: str, experiment: str, fix: str) -> None:
         import base64
         headers["Authorization"] = "Basic " + base64.b64encode(
             f"{user}:{password}".encode()).decode()
+    not_mlflow = (f"MLflow tracking server '{scrub(uri)}' did not answer as an MLflow server "
+                  f"(HTTP {{}}, no MLflow JSON); {fix}")
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                    timeout=TRACKING_PROBE_TIMEOUT_S):
-            return
+                                    timeout=TRACKING_PROBE_TIMEOUT_S) as resp:
+            if _mlflow_json(resp.read(65536)):
+                return
+            raise PreflightError(not_mlflow.format(resp.status))
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             raise PreflightError(f"MLflow tracking server '{scrub(uri)}' refused us (HTTP "
                                  f"{exc.code}); set MLFLOW_TRACKING_TOKEN or "
                                  f"MLFLOW_TRACKING_USERNAME/PASSWORD") from None
-        if exc.code < 500:
-            return  # it answered (404: no such experiment yet, which is fine)
-        raise PreflightError(f"MLflow tracking server '{scrub(uri)}' answered HTTP {exc.code}; "
-                             f"{fix}") from None
+        body = exc.read(65536) if exc.fp is not None else b""
+        if exc.code == 404 and b"error_code" in body and _mlflow_json(body):
+            return  # the server answered: no such experiment yet (it is created on first use)
+        raise PreflightError(not_mlflow.format(exc.code)) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         why = getattr(exc, "reason", exc)
         raise PreflightError(f"MLflow tracking server '{scrub(uri)}' is unreachable ({why}, "
                              f"waited up to {TRACKING_PROBE_TIMEOUT_S:g} s); {fix}") from None
+
+
+def _mlflow_json(body: bytes) -> bool:
+    import json
+    try:
+        return isinstance(json.loads(body or b"null"), dict)
+    except ValueError:
+        return False
