@@ -19,12 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from dutrain.runtime.vllm_env import VLLM_ENV
+
 # Keep every Ray process on loopback and quiet (docs/environment.md).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", VLLM_ENV["VLLM_CPU_KVCACHE_SPACE"])
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
