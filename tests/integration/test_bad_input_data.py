@@ -124,7 +124,8 @@ if not ROOT:  # root reads every file whatever its mode
 RESTORE_ONLY = {"folder.png": "cannot read: Is a directory"}  # generate walks into it
 GENERATE_ONLY = {"folder.png/inner.png": "used"}  # a folder named x.png is just a folder
 CONVERSIONS = {"grey16.png": "16-bit->8-bit", "cmyk.jpg": "cmyk->rgb",
-               "palette_alpha.png": "palette+alpha->rgb on white", "rgba.png": "alpha->rgb on white",
+               "palette_alpha.png": "palette+alpha->rgb on white",
+               "rgba.png": "alpha->rgb on white",
                "grey_alpha.png": "alpha->rgb on white", "one_bit.png": "gray->rgb",
                "animated.gif": "palette->rgb"}
 GIF_NAME = "animated.gif"  # restore lists no .gif: only generate reads it
@@ -545,10 +546,12 @@ mount -t tmpfs -o size=120k tmpfs {{mnt}}
 ls {{mnt}}/ds | grep -c '^part-' | sed 's/^/parts1=/'
 mount -o remount,size=8m tmpfs {{mnt}}
 {gen} 2>&1; echo "exit2=$?"
-{{python}} -c "from dutrain.io.dataset import read_table; print('rows=', read_table('{{mnt}}/ds').num_rows)"
+{{python}} -c "from dutrain.io.dataset import read_table as t; print('rows=', \\
+    t('{{mnt}}/ds').num_rows)"
 """)
     assert "Traceback" not in log, log[-4000:]
-    assert "exit1=2" in log and "dutrain generate: error: no space left on device" in log, log[-3000:]
+    assert "exit1=2" in log, log[-3000:]
+    assert "dutrain generate: error: no space left on device" in log
     kept = int(log.split("parts1=")[1].split()[0])
     assert kept >= 1  # the part files written before the disk filled are kept …
     assert "exit2=0" in log and f"{kept} shards kept" in log  # … and the rerun resumes
