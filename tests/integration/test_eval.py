@@ -89,10 +89,12 @@ def test_malformed_lines_unknown_ids_and_missing_samples(dataset, tmp_path, caps
 def test_bad_inputs_are_named(dataset, tmp_path, capsys):
     assert main(["eval", f"dataset={dataset}", f"predictions={tmp_path / 'nope.jsonl'}", OFF,
                  f"output={tmp_path}"]) == 2
-    assert "predictions file" in capsys.readouterr().err
+    assert "bad value for 'predictions'" in (err := capsys.readouterr().err) and \
+        "nope.jsonl' does not exist" in err
     assert main(["eval", f"dataset={tmp_path / 'nods'}", "model=baseline:prior", OFF,
                  f"output={tmp_path}"]) == 2
-    assert "no dutrain dataset" in capsys.readouterr().err
+    assert "bad value for 'dataset'" in (err := capsys.readouterr().err) and \
+        "nods' does not exist" in err
     assert main(["eval", "model=tiny", f"predictions={tmp_path}/p.jsonl"]) == 2
     assert "not both" in capsys.readouterr().err
 
