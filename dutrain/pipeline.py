@@ -304,6 +304,15 @@ def preflight_pipeline(cfg: PipelineConfig) -> None:
         raise PipelineError(f"stage 'rl' starts from the sft stage's model "
                             f"'{checkpoint_of(cfg, 'sft')}', which does not exist; add 'sft' to "
                             f"'stages' or run it first")
+    evaluated = cfg.eval_model if "rl" in cfg.stages or cfg.eval_model == "sft" else "sft"
+    users = [s for s in ("eval", "restore") if s in cfg.stages]
+    if users and evaluated not in cfg.stages:  # the model those stages use must exist already
+        try:
+            preflight.model(f"{users[0]}: the {evaluated} stage's model",
+                            checkpoint_of(cfg, evaluated), cfg.eval.storage)
+        except UserError as exc:
+            raise PipelineError(f"{exc}; add '{evaluated}' to 'stages' or run it first"
+                                ) from None
     if "generate" not in cfg.stages and any(s in cfg.stages for s in ("sft", "rl", "eval",
                                                                       "restore")):
         try:

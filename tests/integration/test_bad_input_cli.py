@@ -335,16 +335,28 @@ def test_pipeline_unreachable_mlflow(capsys, tmp_path):
           names=(url, "unreachable"), within_s=10)
 
 
-def test_pipeline_stage_user_error_is_exit_2_with_the_stage(capsys, dataset, tmp_path,
-                                                            ray_never_starts):
+def test_pipeline_eval_of_a_model_never_trained(capsys, dataset, tmp_path):
     w = tmp_path / "w"
     w.mkdir()
     os.symlink(dataset, w / "data")
-    # eval of the sft model that was never trained (rl is not among the stages): the eval
-    # stage's own check names it (the pipeline opened its Ray session for all stages first;
-    # here ray.init is only recorded)
+    # rl is not among the stages, so eval uses sft/final, which no stage of this run makes
+    fails(capsys, "pipeline", f"workdir={w}", "stages=[eval]", "baselines=[]", OFF,
+          names=("eval: the sft stage's model", str(w / "sft" / "final"), "add 'sft'"))
+
+
+def test_pipeline_stage_user_error_is_exit_2_with_the_stage(capsys, dataset, ckpt_dir, tmp_path,
+                                                            ray_never_starts):
+    """A stage's own user error (here eval's output is a file) stops the pipeline with exit 2
+    and the stage's name; the pipeline's Ray session (recorded here, not started) ends."""
+    w = tmp_path / "w"
+    w.mkdir()
+    os.symlink(dataset, w / "data")
+    (w / "sft").mkdir()
+    (ckpt_dir / "model.safetensors").write_bytes(_safetensors())
+    os.symlink(ckpt_dir, w / "sft" / "final")
+    (w / "eval").write_text("a file where eval's outputs go")
     line = fails(capsys, "pipeline", f"workdir={w}", "stages=[eval]", "baselines=[]", OFF,
-                 names=("stage 'eval-model'", "'model'", str(w / "sft" / "final")))
+                 names=("stage 'eval-model'", "'output'", str(w / "eval" / "model")))
     assert "later stages not run" in line
     assert len(ray_never_starts) == 1
     ray_never_starts.clear()
