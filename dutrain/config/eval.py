@@ -6,6 +6,8 @@ from dutrain.schema import SPLITS
 
 from .common import GenerationConfig, RayConfig, RewardWeights, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
+from .openai import PREFIX as OPENAI_PREFIX
+from .openai import OpenAIConfig, check_spec
 
 BASELINES = ("baseline:prior", "baseline:classical")
 
@@ -18,8 +20,12 @@ class EvalConfig:
     limit: int | None = option(None, "at most this many samples per split (a fixed subset "
                                      "spread over the split)", min=1)
     model: str | None = option(None, "model to evaluate: a checkpoint directory, s3:// URI, hub "
-                                     "id, 'tiny', 'baseline:prior' or 'baseline:classical' "
-                                     "(default: 'tiny' unless 'predictions' is set)")
+                                     "id, 'tiny', 'baseline:prior' or 'baseline:classical', or "
+                                     "'openai:BASE_URL[#MODEL]' for any VLM behind an "
+                                     "OpenAI-compatible endpoint (e.g. "
+                                     "'openai:http://127.0.0.1:8000/v1'; without #MODEL the "
+                                     "server's first listed model; see openai.*) (default: "
+                                     "'tiny' unless 'predictions' is set)")
     predictions: str | None = option(None, "instead of a model: a JSONL file of "
                                            "{\"sample_id\": ..., \"completion\": ...} lines")
     name: str | None = option(None, "label of the evaluated system in reports (default: from "
@@ -30,6 +36,8 @@ class EvalConfig:
     plots: bool = option(True, "draw the plots")
     rewards: RewardWeights = option(default_factory=RewardWeights, doc="reward weights")
     generation: GenerationConfig = option(default_factory=GenerationConfig, doc="model serving")
+    openai: OpenAIConfig = option(default_factory=OpenAIConfig,
+                                  doc="OpenAI-compatible endpoint (model=openai:...)")
     tracking: TrackingConfig = option(default_factory=TrackingConfig, doc="MLflow")
     storage: StorageConfig = option(default_factory=StorageConfig, doc="S3 settings")
     ray: RayConfig = option(default_factory=RayConfig, doc="Ray cluster")
@@ -42,6 +50,8 @@ class EvalConfig:
         if self.model and self.model.startswith("baseline:") and self.model not in BASELINES:
             raise ConfigError(f"bad value for 'model': {self.model!r} (allowed baselines: "
                               f"{', '.join(BASELINES)})")
+        if self.model and self.model.startswith(OPENAI_PREFIX):
+            check_spec("model", self.model)
         bad = [s for s in self.splits if s not in SPLITS]
         if bad or not self.splits:
             raise ConfigError(f"bad value for 'splits': {list(self.splits)!r} (allowed: a "

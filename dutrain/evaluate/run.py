@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dutrain.config.eval import EvalConfig
+from dutrain.config.openai import PREFIX as OPENAI_PREFIX
 from dutrain.errors import UserError
 from dutrain.io.dataset import decode_png, read_table
 from dutrain.tracking import stage_run
@@ -38,7 +39,8 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
     if cfg.source == "predictions":
         preds = read_predictions(cfg.predictions, cfg.storage)
         known = read_table(cfg.dataset, None, ["sample_id", "split"], None, cfg.storage)
-        known_split = dict(zip(known.column("sample_id").to_pylist(), known.column("split").to_pylist()))
+        known_split = dict(zip(known.column("sample_id").to_pylist(),
+                               known.column("split").to_pylist()))
         info["unknown_ids"] = sorted(s for s in preds.completions if s not in known_split)
         info["other_splits"] = sum(1 for s in preds.completions
                                    if s in known_split and known_split[s] not in cfg.splits)
@@ -46,6 +48,8 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
         info["duplicates"] = preds.duplicates
         return {r["sample_id"]: preds.completions.get(r["sample_id"]) for r in wanted}, info, timing
     t0 = time.perf_counter()
+    if cfg.source.startswith(OPENAI_PREFIX):
+        return _openai_completions(cfg, wanted, info, timing)
     if cfg.source.startswith("baseline:"):
         baseline, info["baseline"] = _baseline(cfg)
         timing["eval/calibration_seconds"] = time.perf_counter() - t0
@@ -55,8 +59,9 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
         dt = time.perf_counter() - t1
         timing["eval/samples_per_s"] = len(wanted) / dt if dt > 0 else 0.0
         return {r["sample_id"]: t for r, t in zip(wanted, texts)}, info, timing
-    from dutrain.runtime.cluster import ray_session
     from dutrain.models import resolve_model
+    from dutrain.runtime.cluster import ray_session
+
     from .generate import vllm_completions
     model_dir = str(resolve_model(cfg.source, storage=cfg.storage))
     with ray_session(cfg.ray):
@@ -68,6 +73,32 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
                    "eval/generate_seconds": stats.generate_seconds,
                    "eval/workers": float(stats.workers)})
     return {r["sample_id"]: t for r, t in zip(wanted, texts)}, info, timing
+
+
+def _openai_client(cfg: EvalConfig) -> Any:
+    from .openai_client import OpenAIClient
+    cache = cfg.openai.cache or str(Path(cfg.output) / "openai_cache")
+    return OpenAIClient(cfg.source, cfg.openai, cfg.generation, cache)
+
+
+def _openai_completions(cfg: EvalConfig, wanted: list[dict[str, Any]], info: dict[str, Any],
+                        timing: dict[str, float]) -> tuple[
+        dict[str, str | None], dict[str, Any], dict[str, float]]:
+    """Completions from an OpenAI-compatible endpoint; raw responses and per-sample errors go
+    to `info["openai_rows"]` (completions.jsonl)."""
+    client = _openai_client(cfg)
+    info["openai_model"] = client.check()
+    replies = client.complete([r["degraded"] for r in wanted])
+    st = client.stats
+    timing.update({"eval/samples_per_s": len(wanted) / st.seconds if st.seconds > 0 else 0.0,
+                   "eval/generate_seconds": st.seconds,
+                   "openai/requests": float(st.requests), "openai/cache_hits": float(st.cache_hits),
+                   "openai/retries": float(st.retries), "openai/errors": float(st.errors)})
+    info["openai_rows"] = {r["sample_id"]: {"response": x.raw, "error": x.error,
+                                            "cached": x.cached}
+                           for r, x in zip(wanted, replies)}
+    info["openai_errors"] = dict(st.error_kinds)
+    return {r["sample_id"]: x.completion for r, x in zip(wanted, replies)}, info, timing
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
@@ -88,6 +119,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     for s, sc in scored.items():
         metrics.update(split_metrics(s, sc))
+    if "openai_rows" in info:
+        from .lenient import lenient_metrics
+        for s, sc in scored.items():
+            metrics.update(lenient_metrics(s, sc, comps))
     if cfg.source == "predictions":
         metrics["predictions/unknown_sample_ids"] = float(len(info["unknown_ids"]))
         metrics["predictions/malformed_lines"] = float(len(info["malformed"]))
@@ -97,7 +132,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     write_predictions(str(out / "completions.jsonl"),
                       ({"sample_id": x.sample_id, "split": x.split,
-                        "completion": comps[x.sample_id], **x.scores}
+                        "completion": comps[x.sample_id], **x.scores,
+                        **info.get("openai_rows", {}).get(x.sample_id, {})}
                        for s in splits for x in scored[s]))
     labels_true, labels_pred = confusion_labels()
     (out / "confusion.json").write_text(json.dumps(
@@ -106,6 +142,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         (out / "baseline.json").write_text(json.dumps(info["baseline"], indent=1))
     plots = write_plots(scored, confusions, out) if cfg.plots else {}
     notes = notes_for(info) + [f"{s}: no rows in the dataset" for s in empty]
+    notes += [f"openai: {n} sample(s) without an answer: {kind} (see completions.jsonl)"
+              for kind, n in sorted(info.get("openai_errors", {}).items())]
     sources = {s: by_source(sc) for s, sc in scored.items()}
     (out / "sources.json").write_text(json.dumps(sources, indent=1))
     report = markdown_report(cfg.system, cfg.dataset, splits, metrics, confusions, notes, plots,
@@ -123,6 +161,8 @@ def preflight_eval(cfg: EvalConfig) -> None:
     if cfg.source == "predictions":
         if "://" not in str(cfg.predictions):
             preflight.existing_file("predictions", cfg.predictions, "a JSONL file")
+    elif cfg.source.startswith(OPENAI_PREFIX):
+        _openai_client(cfg).check()  # reachable, key accepted, model known
     else:
         preflight.model("model", cfg.source, cfg.storage)
     preflight.output_location("output", cfg.output)
