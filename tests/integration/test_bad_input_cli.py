@@ -39,6 +39,8 @@ def ray_never_starts(monkeypatch):
     started: list = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda *a, **k: started.append(k or a))
+    # a session cluster (ray_local) of other modules must survive the pipeline case's shutdown
+    monkeypatch.setattr(ray, "shutdown", lambda *a, **k: None)
     yield started
     assert started == [], f"Ray was started: {started}"
 
