@@ -7,6 +7,8 @@ from dutrain.schema import SPLITS
 from .common import GenerationConfig, RayConfig, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
 from .eval import BASELINES
+from .openai import PREFIX as OPENAI_PREFIX
+from .openai import OpenAIConfig, check_spec
 
 
 @configclass
@@ -45,8 +47,9 @@ class RestoreConfig:
                                           "{\"image\"|\"sample_id\": ..., \"annotation\"|"
                                           "\"completion\": ...} lines")
     model: str | None = option(None, "predict the annotation with this VLM (checkpoint dir, "
-                                     "s3:// URI, hub id or 'tiny'), or 'baseline:classical' / "
-                                     "'baseline:prior'")
+                                     "s3:// URI, hub id or 'tiny'), 'baseline:classical' / "
+                                     "'baseline:prior', or 'openai:BASE_URL[#MODEL]' (a VLM "
+                                     "behind an OpenAI-compatible endpoint; see openai.*)")
     calibration: str | None = option(None, "dataset root whose train split calibrates a "
                                            "baseline (default: the input dataset)")
     calibration_samples: int = option(400, "train rows used to calibrate the classical "
@@ -60,6 +63,8 @@ class RestoreConfig:
     restore: BackendConfig = option(default_factory=BackendConfig, doc="restoration backend")
     generation: GenerationConfig = option(default_factory=GenerationConfig,
                                           doc="VLM serving when 'model' is a VLM")
+    openai: OpenAIConfig = option(default_factory=OpenAIConfig,
+                                  doc="OpenAI-compatible endpoint (model=openai:...)")
     tracking: TrackingConfig = option(default_factory=TrackingConfig, doc="MLflow")
     storage: StorageConfig = option(default_factory=StorageConfig, doc="S3 settings")
     ray: RayConfig = option(default_factory=RayConfig, doc="Ray cluster (VLM workers)")
@@ -71,6 +76,8 @@ class RestoreConfig:
         if self.model and self.model.startswith("baseline:") and self.model not in BASELINES:
             raise ConfigError(f"bad value for 'model': {self.model!r} (allowed baselines: "
                               f"{', '.join(BASELINES)})")
+        if self.model and self.model.startswith(OPENAI_PREFIX):
+            check_spec("model", self.model)
         if (self.model or "").startswith("baseline:") and self.split is None \
                 and self.calibration is None:
             raise ConfigError(f"'model={self.model}' is calibrated on a dataset's train split: set "

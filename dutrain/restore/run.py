@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dutrain.config.openai import PREFIX as OPENAI_PREFIX
 from dutrain.config.restore import RestoreConfig
 from dutrain.errors import UserError
 from dutrain.io.images import Rejected, load_image_file, printable_name
@@ -155,18 +156,30 @@ def predicted_completions(cfg: RestoreConfig, items: list[Item]) -> list[str]:
         return b.complete([it.degraded for it in items])
     import io
 
-    from dutrain.runtime.cluster import ray_session
-    from dutrain.evaluate.generate import vllm_completions
-    from dutrain.models import resolve_model
-    model_dir = str(resolve_model(str(cfg.model), storage=cfg.storage))
     pngs = []
     for it in items:
         buf = io.BytesIO()
         Image.fromarray(it.degraded).save(buf, format="PNG")
         pngs.append(buf.getvalue())
+    if str(cfg.model).startswith(OPENAI_PREFIX):
+        client = _openai_client(cfg)
+        client.check()
+        # no answer (an error, the budget) → "" : unparsed, restored as identity like any
+        # unreadable completion
+        return [r.completion or "" for r in client.complete(pngs)]
+    from dutrain.evaluate.generate import vllm_completions
+    from dutrain.models import resolve_model
+    from dutrain.runtime.cluster import ray_session
+    model_dir = str(resolve_model(str(cfg.model), storage=cfg.storage))
     with ray_session(cfg.ray):
         texts, _ = vllm_completions(model_dir, pngs, cfg.generation)
     return texts
+
+
+def _openai_client(cfg: RestoreConfig) -> Any:
+    from dutrain.evaluate.openai_client import OpenAIClient
+    cache = cfg.openai.cache or str(Path(cfg.output) / "openai_cache")
+    return OpenAIClient(str(cfg.model), cfg.openai, cfg.generation, cache)
 
 
 # -------------------------------------------------------------------------------- restoration
@@ -370,7 +383,10 @@ def preflight_restore(cfg: RestoreConfig) -> None:
         preflight.existing_file("annotation", cfg.annotation, "a .json/.jsonl file")
     if cfg.model and cfg.model.startswith("baseline:") and cfg.calibration:
         preflight.dataset("calibration", cfg.calibration, cfg.storage)
-    preflight.model("model", cfg.model, cfg.storage)
+    if cfg.model and cfg.model.startswith(OPENAI_PREFIX):
+        _openai_client(cfg).check()  # reachable, key accepted, model known
+    else:
+        preflight.model("model", cfg.model, cfg.storage)
     if cfg.restore.model and "://" not in str(cfg.restore.model):
         preflight.existing_dir("restore.model", cfg.restore.model, what="a diffusers UNet folder")
     preflight.output_location("output", cfg.output)

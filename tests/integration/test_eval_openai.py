@@ -258,3 +258,17 @@ def test_bad_endpoint_is_one_line_user_error(tmp_path, dataset, fake, capsys):
     assert f.base in err and "HTTP 401" in err and "OPENAI_API_KEY" in err
     assert main(["eval", f"dataset={dataset}", "model=openai:ftp://nowhere", *COMMON]) == 2
     assert "openai:http(s)://HOST" in capsys.readouterr().err
+
+
+def test_restore_predicts_through_the_endpoint(tmp_path, dataset, fake):
+    f = fake("ok")
+    out = tmp_path / "r"
+    assert main(["restore", f"input={dataset}", "split=test", f"model=openai:{f.base}",
+                 f"output={out}", "limit=2", *COMMON[:1]]) == 0
+    assert len(f.posts) == 2 and (out / "metrics.json").is_file()
+    lines = [json.loads(x) for x in (out / "annotations.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all("<answer>" in json.dumps(x) for x in lines)
+    # rerun: from the cache
+    assert main(["restore", f"input={dataset}", "split=test", f"model=openai:{f.base}",
+                 f"output={out}", "limit=2", *COMMON[:1]]) == 0
+    assert len(f.posts) == 2
