@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -159,9 +160,11 @@ def model(key: str, ref: str | None, storage: Any = None) -> None:
     """A model reference that can only fail later: a local path must be a checkpoint folder with
     a readable config.json and intact safetensors; an s3:// prefix must exist. 'tiny', hub ids
     and baselines pass."""
-    if not ref or ref == "tiny" or str(ref).startswith("baseline:"):
+    if not ref or ref == "tiny":
         return
     ref = str(ref)
+    if re.match(r"[a-z][a-z0-9+.-]*:", ref) and not ref.startswith("s3://"):
+        return  # baseline:…, openai:…: not a path; their own code checks them
     from dutrain.models.loading import CheckpointError, check_model_dir
     if ref.startswith("s3://"):
         kind = _s3_kind(key, ref, storage)
