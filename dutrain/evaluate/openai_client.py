@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import socket
@@ -77,7 +78,6 @@ class Reply:
     raw: str | None = None
     error: str | None = None
     cached: bool = False
-    requests: int = 0
 
 
 @dataclass
@@ -170,7 +170,7 @@ class OpenAIClient:
         naming the URL when it is unreachable, refuses the key or lists no model."""
         try:
             status, body = self._http("GET", "/models", None)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
             raise UserError(f"{self._where()} is unreachable: {self._clean(str(reason))} "
                             f"(model=openai:BASE_URL wants the API root, e.g. "
@@ -248,7 +248,7 @@ class OpenAIClient:
             except (TimeoutError, socket.timeout) as exc:
                 last = f"timeout after {self.cfg.timeout_s:g} s ({type(exc).__name__})"
                 continue
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, http.client.HTTPException) as exc:
                 reason = getattr(exc, "reason", None) or exc
                 if isinstance(reason, (TimeoutError, socket.timeout)):
                     last = f"timeout after {self.cfg.timeout_s:g} s"
