@@ -28,11 +28,23 @@ class BackendConfig:
                               "model (the pseudo-inverse's regularisation)", min=1e-6, max=0.99)
     device: str = option("auto", "ddnm: torch device", choices=("auto", "cpu", "cuda"))
     seed: int = option(0, "ddnm: sampling seed", min=0)
+    plan: str = option("plain", "plain: apply every predicted step; controlled: skip steps whose "
+                                "confidence is below a threshold calibrated on the val split "
+                                "and roll back steps the classical estimators reject "
+                                "(docs/restore.md)", choices=("plain", "controlled"))
+    thresholds: str | None = option(None, "controlled: a thresholds.json of an earlier run "
+                                          "(default: calibrate on the val split of 'calibration' "
+                                          "or the input dataset)")
+    calibration_limit: int = option(300, "controlled: val rows the thresholds are calibrated on",
+                                    min=1)
 
     def validate(self) -> None:
         if self.backend == "ddnm" and not self.model:
             raise ConfigError("'restore.backend=ddnm' needs 'restore.model' (a local diffusers "
                               "UNet2DModel directory or an s3:// prefix)")
+        if self.plan == "controlled" and self.backend != "classical":
+            raise ConfigError("'restore.plan=controlled' guards the classical operators: use "
+                              "'restore.backend=classical'")
 
 
 @configclass
@@ -78,6 +90,10 @@ class RestoreConfig:
                               f"{', '.join(BASELINES)})")
         if self.model and self.model.startswith(OPENAI_PREFIX):
             check_spec("model", self.model)
+        if self.restore.plan == "controlled" and self.model != "baseline:classical":
+            raise ConfigError("'restore.plan=controlled' needs a per-step confidence, which only "
+                              "'model=baseline:classical' gives so far (VLM log-probabilities "
+                              "are not wired in)")
         if (self.model or "").startswith("baseline:") and self.split is None \
                 and self.calibration is None:
             raise ConfigError(f"'model={self.model}' is calibrated on a dataset's train split: set "

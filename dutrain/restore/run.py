@@ -35,7 +35,7 @@ from .classical import restore as restore_classical
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: decompression-bomb guard (generate's `max_pixels` default)
 MAX_PIXELS = 100_000_000
-KINDS = ("identity", "oracle", "predicted")
+KINDS = ("identity", "oracle", "predicted", "controlled")
 PSNR_CAP = 60.0
 
 
@@ -250,7 +250,8 @@ def write_grid(items: list[Item], path: Path, rows: int) -> None:
     evenly over the items), column names on top, PSNR and annotated types under each image."""
     pick = sorted({int(i) for i in np.linspace(0, len(items) - 1, min(rows, len(items)))})
     shown = [items[i] for i in pick]
-    kinds = [k for k in ("predicted", "oracle") if any(k in it.restored for it in shown)]
+    kinds = [k for k in ("predicted", "controlled", "oracle")
+             if any(k in it.restored for it in shown)]
     cols = ["degraded", *kinds] + (["clean"] if any(it.clean is not None for it in shown) else [])
     side = max(max(it.degraded.shape[:2]) for it in shown)
     cell = min(max(side, 96), 192) + 4
@@ -312,8 +313,12 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
     with open(out / "rejected.jsonl", "w") as f:
         for b in rejected:
             f.write(json.dumps(b) + "\n")
+    ctl: Any = None  # the controlled plan (restore.plan=controlled)
     if cfg.annotation is not None:
         given_annotations(cfg, items)
+    elif cfg.restore.plan == "controlled":
+        from .controller import prepare
+        ctl = prepare(cfg, items, out)  # classical-baseline predictions + thresholds
     elif cfg.model is not None:
         for it, text in zip(items, predicted_completions(cfg, items)):
             it.completion = text
@@ -337,7 +342,10 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
                                         else it.degraded)
             n_restores += 1
     seconds = time.perf_counter() - t0
-    main = "predicted" if has_pred else "oracle"
+    if ctl is not None:
+        for it in items:
+            it.restored["controlled"] = ctl.restore(it.name, it.degraded, it.predicted)
+    main = "controlled" if ctl is not None else "predicted" if has_pred else "oracle"
     (out / "restored").mkdir(exist_ok=True)
     for it in items:
         Image.fromarray(it.restored[main]).save(out / "restored" / f"{_safe(it.name)}.png")
@@ -357,12 +365,17 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
     report = ""
     if cfg.split is not None:
         metrics.update(restoration_metrics(cfg.split, items))
+        ctl_section = ""
+        if ctl is not None:
+            from .controller import report as controller_report
+            ctl_metrics, ctl_section = controller_report(cfg.split, items, ctl, out)
+            metrics.update(ctl_metrics)
         counts = {**type_counts(items), "_total": len(items)}
         report = "\n".join([f"# Restoration: {cfg.input} / {cfg.split}", "",
                             f"backend: {cfg.restore.backend}; predicted by: "
                             f"{cfg.model or cfg.annotation or '-'}; samples: {len(items)}", "",
                             markdown_table(cfg.split, metrics, counts), "",
-                            *[f"note: {n}" for n in notes]])
+                            ctl_section, *[f"note: {n}" for n in notes]])
         (out / "report.md").write_text(report + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return {"metrics": metrics, "report": report, "notes": notes, "output": out,
@@ -387,6 +400,9 @@ def preflight_restore(cfg: RestoreConfig) -> None:
         _openai_client(cfg).check()  # reachable, key accepted, model known
     else:
         preflight.model("model", cfg.model, cfg.storage)
+    if cfg.restore.thresholds:
+        preflight.existing_file("restore.thresholds", cfg.restore.thresholds,
+                                "a thresholds.json of a controlled run")
     if cfg.restore.model and "://" not in str(cfg.restore.model):
         preflight.existing_dir("restore.model", cfg.restore.model, what="a diffusers UNet folder")
     preflight.output_location("output", cfg.output)
@@ -409,6 +425,9 @@ def _run(cfg: RestoreConfig) -> int:
                 (("report.md",) if res["report"] else ()) + \
                 (("rejected.jsonl",) if res["rejected"] else ()):
             run.log_artifact(out / name)
+        for name in ("thresholds.json", "controller.jsonl"):  # restore.plan=controlled
+            if cfg.restore.plan == "controlled" and (out / name).is_file():
+                run.log_artifact(out / name)
         run.set_tags({"dutrain.model": system, "dutrain.restore.backend": cfg.restore.backend})
     text = res["report"] or "\n".join(f"note: {n}" for n in res["notes"])
     if text:

@@ -9,11 +9,11 @@ import json
 import numpy as np
 from PIL import Image
 from skimage import data
+from test_eval_data import write_dataset
 
 from dutrain.cli import main
-from dutrain.io.dataset import iter_samples
 from dutrain.degrade import apply_chain
-from test_eval_data import write_dataset
+from dutrain.io.dataset import iter_samples
 
 BLUR = {"degradations": [{"type": "gaussian_blur", "params": {"sigma": 1.5}}]}
 JPEG = {"degradations": [{"type": "jpeg", "params": {"quality": 25}}]}
@@ -103,3 +103,44 @@ def test_folder_with_annotations_predicted_by_the_tiny_vlm(tmp_path, ray_local):
     assert any(r["predicted"] is not None for r in rows)
     assert (out / "grid.png").is_file()
     assert len(list((out / "restored").iterdir())) == 2
+
+
+def test_controlled_plan_with_the_classical_baseline(tmp_path):
+    """restore.plan=controlled: thresholds calibrated on val, stored, reloaded; never much worse
+    than doing nothing, with its metrics beside the plain plan's."""
+    probs = {"gaussian_blur": 1, "low_light": 1, "haze": 1, "gaussian_noise": 1}
+    root = write_dataset(tmp_path / "ds", {"train": 40, "val": 16, "test": 8}, size=64, seed=3,
+                         type_probs=probs, max_degradations=1, clean_fraction=0.1)
+    out = tmp_path / "out"
+    assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
+                 "restore.plan=controlled", f"output={out}", "tracking.enabled=false",
+                 "calibration_samples=40"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for key in ("test/psnr/controlled", "test/ssim/controlled", "test/worse_than_identity",
+                "test/psnr/predicted", "restore/controlled/seconds_per_image",
+                "restore/model_calls_per_image"):
+        assert key in m, key
+    assert any(k.startswith("test/psnr/controlled/") for k in m)
+    assert m["test/psnr/controlled"] >= m["test/psnr/identity"] - 0.5
+    th = json.loads((out / "thresholds.json").read_text())
+    assert th["score"] == "classical_presence_margin" and "val" in th["source"]
+    rows = [json.loads(x) for x in (out / "controller.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all("steps" in r for r in rows)
+    report = (out / "report.md").read_text()
+    assert "PSNR controlled" in report and "| share touched |" in report
+    # the stored thresholds are reused as they are
+    again = tmp_path / "again"
+    assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
+                 "restore.plan=controlled", f"restore.thresholds={out / 'thresholds.json'}",
+                 f"output={again}", "tracking.enabled=false", "calibration_samples=40"]) == 0
+    m2 = json.loads((again / "metrics.json").read_text())
+    assert m2["test/psnr/controlled"] == m["test/psnr/controlled"]
+
+
+def test_controlled_plan_needs_a_confidence(tmp_path, capsys):
+    imgs = _folder(tmp_path, n=1)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(BLUR))
+    assert main(["restore", f"input={imgs}", f"annotation={ann}", "restore.plan=controlled",
+                 f"output={tmp_path / 'o'}", "tracking.enabled=false"]) == 2
+    assert "only 'model=baseline:classical'" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+"""The controlled restoration plan's pure parts: threshold calibration, the rollback decision,
+thresholds files and bad input (NaN result, tiny image, unparseable answer, failing operator)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from skimage import data
+
+from dutrain.degrade import apply_chain
+from dutrain.errors import UserError
+from dutrain.restore import controller as C
+from dutrain.restore.classical import INVERSES
+
+# a classical-baseline calibration with one presence rule per stage (what check_step reads)
+CAL = {"presence": {
+    "1": {"feature": "haze_gradient", "sign": 1.0, "threshold": 0.1},
+    "2": {"feature": "streaks", "sign": 1.0, "threshold": 1.0},
+    "3": {"feature": "edge_width", "sign": 1.0, "threshold": 3.0},
+    "4": {"feature": "bright_p99", "sign": -1.0, "threshold": -0.6},
+    "5": {"feature": "cutoff", "sign": -1.0, "threshold": -0.8},
+    "6": {"feature": "noise_sigma_jpeg", "sign": 1.0, "threshold": 4.0},
+    "7": {"feature": "jpeg_score", "sign": 1.0, "threshold": 0.5}}}
+READ = {"haze_gradient": 0.0, "streaks": 0.0, "edge_width": 2.0, "bright_p99": 0.3, "cutoff": 1.0,
+        "noise_sigma_jpeg": 1.0, "noise_sigma": 1.0, "jpeg_score": 0.05, "clipped": 0.0}
+DARK = {"degradations": [{"type": "low_light", "params": {"exposure": 0.4, "gamma": 2.0}}]}
+
+
+def _img(size=64):
+    return np.ascontiguousarray(data.astronaut()[100:100 + size, 150:150 + size])
+
+
+# ------------------------------------------------------------------------------ calibration
+
+def test_threshold_maximises_the_summed_gain_on_synthetic_numbers():
+    recs = [("haze", 0.9, 5.0), ("haze", 0.7, 3.0), ("haze", 0.5, -4.0), ("haze", 0.1, -9.0),
+            ("jpeg", 0.2, 0.5), ("jpeg", 0.8, 0.4),            # every step gains: apply all
+            ("motion_blur", 0.3, -10.0), ("motion_blur", 0.9, -1.0),  # never gains: never
+            ("rain", 0.4, 2.0), ("rain", 0.4, -1.0), ("rain", 0.2, -3.0)]  # tied scores
+    th = C.calibrate_thresholds(recs)
+    assert th["haze"] == 0.7  # 5 + 3 = 8 beats 8 - 4 and everything
+    assert th["jpeg"] == -math.inf
+    assert th["motion_blur"] == math.inf
+    assert th["rain"] == 0.4  # both rows at 0.4 go in together (+1), not the −3 one
+    # non-finite numbers are ignored, not propagated
+    assert C.calibrate_thresholds([("haze", float("nan"), 1.0), ("haze", 0.5, math.inf)]) == {}
+
+
+def test_thresholds_round_trip_and_bad_files(tmp_path):
+    p = tmp_path / "thresholds.json"
+    C.save_thresholds(p, {"haze": 0.7, "jpeg": -math.inf, "motion_blur": math.inf},
+                      {"haze": 4}, C.SCORE_NAME, "val")
+    assert json.loads(p.read_text())["thresholds"]["motion_blur"] == "inf"
+    assert C.load_thresholds(p, C.SCORE_NAME) == {"haze": 0.7, "jpeg": -math.inf,
+                                                   "motion_blur": math.inf}
+    with pytest.raises(UserError, match="calibrated for scores"):
+        C.load_thresholds(p, "vlm_logprob")
+    p.write_text("{not json")
+    with pytest.raises(UserError, match="is not usable"):
+        C.load_thresholds(p, C.SCORE_NAME)
+    p.write_text(json.dumps({"version": 1, "score": C.SCORE_NAME, "thresholds": {"fog": 1}}))
+    with pytest.raises(UserError, match="unknown types: fog"):
+        C.load_thresholds(p, C.SCORE_NAME)
+
+
+# ---------------------------------------------------------------------------------- check
+
+def test_rollback_decision():
+    ok, _ = C.check_step("low_light", READ, {**READ, "bright_p99": 0.9}, CAL)
+    assert ok
+    # its own degradation looks worse afterwards
+    ok, why = C.check_step("low_light", READ, {**READ, "bright_p99": 0.2}, CAL)
+    assert not ok and "moved away from absent" in why
+    # amplified noise: rejected at gain 1, accepted when the operator expects a gain of 5
+    noisy = {**READ, "bright_p99": 0.9, "noise_sigma": 5.0}
+    assert not C.check_step("low_light", READ, noisy, CAL)[0]
+    assert C.check_step("low_light", READ, noisy, CAL, amplification=5.0)[0]
+    # new blockiness, new clipping (haze exempt from clipping)
+    ok, why = C.check_step("gaussian_blur", READ, {**READ, "jpeg_score": 0.5}, CAL)
+    assert not ok and "blockiness" in why
+    ok, why = C.check_step("downsample", READ, {**READ, "clipped": 0.3}, CAL)
+    assert not ok and "clipping" in why
+    assert C.check_step("haze", READ, {**READ, "clipped": 0.3}, CAL)[0]
+    # a Gaussian denoising step whose noise the pixels do not show
+    ok, why = C.check_step("gaussian_noise", READ, {**READ, "noise_sigma_jpeg": 0.5}, CAL,
+                           {"sigma": 20})
+    assert not ok and "not the 20 DN" in why
+
+
+def _control(img, ann, scores=None, thresholds=None, **kw):
+    scores = scores if scores is not None else {t: 1.0 for t in INVERSES}
+    return C.control(img, ann, scores, thresholds or {}, CAL, C.reading, **kw)
+
+
+def test_controller_applies_skips_and_rolls_back():
+    clean = _img()
+    dark = apply_chain(clean, DARK, 0)
+    o = _control(dark, DARK)
+    assert [s.action for s in o.steps] == ["applied"] and o.touched
+    assert np.abs(o.image.astype(float) - clean).mean() < np.abs(dark.astype(float) - clean).mean()
+    o = _control(dark, DARK, thresholds={"low_light": 2.0})
+    assert o.steps[0].action == "skipped" and "below threshold" in o.steps[0].reason
+    assert np.array_equal(o.image, dark)
+    # no confidence at all: nothing is applied
+    o = C.control(dark, DARK, None, {}, CAL, C.reading)
+    assert o.steps[0].action == "skipped" and np.array_equal(o.image, dark)
+    # a check that fails rolls the step back: the image stays as it was
+    o = C.control(dark, DARK, {"low_light": 1.0}, {}, CAL,
+                  lambda im: {**READ, "bright_p99": 0.0 if im is not dark else 0.5},
+                  before={**READ, "bright_p99": 0.5})
+    assert o.steps[0].action == "rolled_back" and np.array_equal(o.image, dark)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+def test_unparseable_answer_and_tiny_image_are_left_unrestored():
+    img = _img()
+    o = _control(img, None)
+    assert o.reason == "answer did not parse" and np.array_equal(o.image, img) and not o.steps
+    o = _control(img, {"degradations": [{"type": "fog", "params": {}}]})
+    assert o.reason.startswith("unusable annotation") and np.array_equal(o.image, img)
+    tiny = img[:6, :6]
+    o = _control(tiny, DARK)
+    assert "too small" in o.reason and o.steps[0].action == "failed"
+    assert np.array_equal(o.image, tiny)
+    assert json.loads(json.dumps(o.to_json()))["steps"][0]["action"] == "failed"
+
+
+def test_non_finite_result_and_failing_operator_leave_the_step_out(monkeypatch):
+    img = _img()
+    monkeypatch.setitem(INVERSES, "low_light", lambda x, p, st: np.full_like(x, np.nan))
+    o = _control(img, DARK)
+    assert o.steps[0].action == "failed" and "non-finite" in o.steps[0].reason
+    assert np.array_equal(o.image, img)
+
+    def boom(x, p, st):
+        raise ValueError("kernel (41, 41) is larger than the image (20, 20)")
+    monkeypatch.setitem(INVERSES, "low_light", boom)
+    o = _control(img, DARK)
+    assert o.steps[0].action == "failed" and "larger than the image" in o.steps[0].reason
+    assert np.array_equal(o.image, img)
+
+
+def test_risk_coverage_and_worse_share():
+    rows = C.risk_coverage([3.0, 2.0, 1.0, 0.0], [4.0, 2.0, -2.0, -8.0], shares=(0.5, 1.0))
+    assert rows[0] == {"coverage": 0.5, "gain": 1.5, "worse": 0.0}
+    assert rows[1] == {"coverage": 1.0, "gain": -1.0, "worse": 0.5}
+    assert C.worse_share([0.0, -0.4, -0.6]) == pytest.approx(1 / 3)
