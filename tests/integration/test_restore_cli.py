@@ -144,3 +144,18 @@ def test_controlled_plan_needs_a_confidence(tmp_path, capsys):
     assert main(["restore", f"input={imgs}", f"annotation={ann}", "restore.plan=controlled",
                  f"output={tmp_path / 'o'}", "tracking.enabled=false"]) == 2
     assert "only 'model=baseline:classical'" in capsys.readouterr().err
+
+
+def test_controlled_plan_thresholds_file_must_exist(tmp_path, capsys):
+    probs = {"low_light": 1}
+    root = write_dataset(tmp_path / "ds", {"train": 10, "test": 2}, size=64, seed=1,
+                         type_probs=probs, max_degradations=1, clean_fraction=0.0)
+    assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
+                 "restore.plan=controlled", f"restore.thresholds={tmp_path / 'nope.json'}",
+                 f"output={tmp_path / 'o'}", "tracking.enabled=false"]) == 2
+    assert "restore.thresholds" in capsys.readouterr().err
+    # no val split to calibrate on and no thresholds file: one line, exit 2
+    assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
+                 "restore.plan=controlled", f"output={tmp_path / 'o2'}",
+                 "tracking.enabled=false", "calibration_samples=10"]) == 2
+    assert "has no val rows" in capsys.readouterr().err
