@@ -90,10 +90,17 @@ class RestoreConfig:
                               f"{', '.join(BASELINES)})")
         if self.model and self.model.startswith(OPENAI_PREFIX):
             check_spec("model", self.model)
-        if self.restore.plan == "controlled" and self.model != "baseline:classical":
-            raise ConfigError("'restore.plan=controlled' needs a per-step confidence, which only "
-                              "'model=baseline:classical' gives so far (VLM log-probabilities "
-                              "are not wired in)")
+        if self.restore.plan == "controlled" and (
+                not self.model or self.model == "baseline:prior"
+                or self.model.startswith(OPENAI_PREFIX)):
+            raise ConfigError("'restore.plan=controlled' needs a per-step confidence: "
+                              "'model=baseline:classical' or a VLM served by vLLM (its token "
+                              "log-probabilities); not given annotations, the prior or an "
+                              "openai: endpoint")
+        if self.restore.plan == "controlled" and self.split is None and self.calibration is None:
+            raise ConfigError("'restore.plan=controlled' checks steps with the classical "
+                              "estimators calibrated on a dataset's train split: set "
+                              "'calibration' to a dataset root (or restore a dataset split)")
         if (self.model or "").startswith("baseline:") and self.split is None \
                 and self.calibration is None:
             raise ConfigError(f"'model={self.model}' is calibrated on a dataset's train split: set "

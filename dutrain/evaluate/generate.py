@@ -32,6 +32,22 @@ class _Worker:
                                     seed=g["seed"], structured=g["structured"])
         return [o[0].text for o in outs], sum(len(o[0].token_ids) for o in outs)
 
+    def complete_scored(self, pngs: Sequence[bytes]
+                        ) -> tuple[list[tuple[str, list[str], list[float]]], int]:
+        """Like `complete`, each text with its tokens' decoded pieces and sampled log-probs."""
+        from dutrain.io.dataset import decode_png
+        g = self.gen
+        outs = self.engine.generate([decode_png(p) for p in pngs], n=1, logprobs=True,
+                                    temperature=g["temperature"], max_tokens=g["max_tokens"],
+                                    seed=g["seed"], structured=g["structured"])
+        tok = self.engine.llm.get_tokenizer()
+        res = []
+        for o in outs:
+            c = o[0]
+            pieces = [tok.decode([t], skip_special_tokens=True) for t in c.token_ids]
+            res.append((c.text, pieces, list(c.logprobs or [])))
+        return res, sum(len(o[0].token_ids) for o in outs)
+
 
 @dataclass
 class GenerationStats:
@@ -53,6 +69,19 @@ class GenerationStats:
 def vllm_completions(model_dir: str, pngs: Sequence[bytes],
                          gen: Any) -> tuple[list[str], GenerationStats]:
     """Completions for `pngs`, in order, from `gen.workers` engine actors (Ray initialised)."""
+    out, stats = _generate(model_dir, pngs, gen, "complete")
+    return [o or "" for o in out], stats
+
+
+def vllm_scored_completions(model_dir: str, pngs: Sequence[bytes], gen: Any
+                            ) -> tuple[list[tuple[str, list[str], list[float]]], GenerationStats]:
+    """(text, decoded token pieces, sampled-token log-probs) for `pngs`, in order."""
+    out, stats = _generate(model_dir, pngs, gen, "complete_scored")
+    return [o or ("", [], []) for o in out], stats
+
+
+def _generate(model_dir: str, pngs: Sequence[bytes], gen: Any,
+              method: str) -> tuple[list[Any], GenerationStats]:
     import ray
 
     opts = {"num_cpus": gen.cpus_per_worker, "num_gpus": gen.gpus_per_worker}
@@ -68,7 +97,7 @@ def vllm_completions(model_dir: str, pngs: Sequence[bytes],
         startup = time.perf_counter() - t0
         batches = [list(range(i, min(i + gen.batch_size, len(pngs))))
                    for i in range(0, len(pngs), gen.batch_size)]
-        out: list[str | None] = [None] * len(pngs)
+        out: list[Any] = [None] * len(pngs)
         t1 = time.perf_counter()
         tokens = 0
         pending: dict[Any, tuple[Any, list[int]]] = {}
@@ -77,7 +106,8 @@ def vllm_completions(model_dir: str, pngs: Sequence[bytes],
         while queue or pending:
             while queue and free:
                 w, idx = free.pop(), queue.pop(0)
-                pending[w.complete.remote([pngs[i] for i in idx])] = (w, idx)
+                call = getattr(w, method)
+                pending[call.remote([pngs[i] for i in idx])] = (w, idx)
             done, _ = ray.wait(list(pending), num_returns=1)
             w, idx = pending.pop(done[0])
             texts, n_tok = ray.get(done[0])
@@ -89,4 +119,4 @@ def vllm_completions(model_dir: str, pngs: Sequence[bytes],
     finally:
         for w in workers:
             ray.kill(w)
-    return [o or "" for o in out], GenerationStats(gen.workers, len(pngs), tokens, startup, gen_s)
+    return out, GenerationStats(gen.workers, len(pngs), tokens, startup, gen_s)

@@ -3,10 +3,11 @@
 The plain plan applies every predicted step. The controller, per predicted step:
 
 1. **confidence**: a score for the step's type. With the classical baseline as predictor the
-   score is the presence margin of the step's stage, ``sign·statistic − threshold`` of the
-   baseline's own calibrated rule (`classical_scores`): how far the image's evidence lies past
-   the point where the baseline starts naming the stage. No score exists for other predictors
-   yet (the VLM's token log-probabilities are not wired in).
+   score is the relative presence margin of the step's stage under the baseline's own
+   calibrated rule (`classical_scores`): how far the image's evidence lies past the point where
+   the baseline starts naming the stage. With a VLM (vLLM) it is the probability the model gave
+   the tokens spelling the type's name in its answer (`type_confidences`, from the sampled
+   tokens' log-probabilities of the same single call).
 2. **threshold**: a step whose score is below its type's threshold is skipped. Thresholds are
    calibrated on a split with clean references (`calibrate_thresholds`: per type, the threshold
    that maximises the summed PSNR gain of the steps it lets through; a type whose steps never
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -323,16 +325,50 @@ def risk_coverage(confidence: Sequence[float], gains: Sequence[float],
 # ------------------------------------------------------------------ `dutrain restore` glue
 
 SCORE_NAME = "classical_presence_margin"
+VLM_SCORE_NAME = "vlm_type_probability"
+
+_TYPE_FIELD = re.compile(r'"type"\s*:\s*"([A-Za-z_]+)"')
+
+
+def type_confidences(text: str, pieces: Sequence[str], logprobs: Sequence[float]
+                     ) -> dict[str, float]:
+    """type → probability the model gave the tokens that spell that type's name in its answer
+    (exp of the summed log-probs of the tokens overlapping the name; the least over repeats).
+
+    `pieces`: the decoded text of each generated token, `logprobs`: each sampled token's
+    log-probability. Token-by-token decoding can differ from the text inside the free-form
+    reasoning (split multi-byte characters, special tokens), so only the answer — from
+    ``<answer>`` (else the whole text) to the end — must be spelled exactly by the pieces' tail;
+    {} otherwise (no honest mapping)."""
+    joined = "".join(pieces)
+    begin = max(text.find("<answer>"), 0)
+    delta = len(joined) - len(text)  # offset of the answer in the pieces' coordinates
+    if len(pieces) != len(logprobs) or begin + delta < 0 or joined[begin + delta:] != text[begin:]:
+        return {}
+    ends = np.cumsum([len(p) for p in pieces])
+    starts = ends - np.array([len(p) for p in pieces], dtype=int)
+    lp = np.asarray(logprobs, dtype=float)
+    out: dict[str, float] = {}
+    for m in _TYPE_FIELD.finditer(text, begin):
+        a, b = m.start(1) + delta, m.end(1) + delta
+        sel = (starts < b) & (ends > a)
+        if not sel.any() or not np.all(np.isfinite(lp[sel])):
+            continue
+        conf = float(np.exp(lp[sel].sum()))
+        out[m.group(1)] = min(conf, out.get(m.group(1), 1.0))
+    return out
 
 
 @dataclass
 class Controlled:
-    """The controlled plan of one `dutrain restore` run (classical-baseline predictor)."""
+    """The controlled plan of one `dutrain restore` run."""
 
-    calibration: dict[str, Any]  # the classical baseline's
+    calibration: dict[str, Any]  # the classical baseline's (its presence rules drive the check)
     thresholds: dict[str, float]
     source: str  # where the thresholds came from
-    feats: dict[str, dict[str, float]] = field(default_factory=dict)  # item name → measure()
+    score_name: str = SCORE_NAME
+    feats: dict[str, dict[str, float]] = field(default_factory=dict)  # item name → reading()
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # item name → type → score
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     seconds: float = 0.0
     checks: int = 0
@@ -341,15 +377,14 @@ class Controlled:
                 ) -> np.ndarray:
         import time
         t0 = time.perf_counter()
-        f = self.feats.get(name)
         calls = [0]
 
         def counted(img: np.ndarray) -> Mapping[str, float]:
             calls[0] += 1
             return reading(img)
 
-        scores = None if f is None else classical_scores(self.calibration, f)
-        o = control(image, annotation, scores, self.thresholds, self.calibration, counted, before=f)
+        o = control(image, annotation, self.scores.get(name), self.thresholds, self.calibration,
+                    counted, before=self.feats.get(name))
         self.seconds += time.perf_counter() - t0
         self.checks += calls[0]
         self.outcomes[name] = o
@@ -357,12 +392,11 @@ class Controlled:
 
     def confidence(self, name: str) -> float:
         """An image's confidence for risk–coverage: the least step score (−inf: no step)."""
-        f = self.feats.get(name)
+        sc = self.scores.get(name)
         o = self.outcomes.get(name)
-        if f is None or o is None or not o.steps:
+        if sc is None or o is None or not o.steps:
             return -math.inf
-        sc = classical_scores(self.calibration, f)
-        return min(sc[s.type] for s in o.steps)
+        return min(sc.get(s.type, -math.inf) for s in o.steps)
 
 
 def _baseline(cfg: Any) -> Any:
@@ -371,59 +405,103 @@ def _baseline(cfg: Any) -> Any:
                         cfg.calibration_samples, cfg.storage)
 
 
-def prepare(cfg: Any, items: Sequence[Any], out_dir: Path) -> Controlled:
-    """Predict every item with the classical baseline (filling `predicted`, `completion`),
-    measure it once, and load or calibrate the thresholds (written to thresholds.json)."""
-    from dutrain.schema import parse_answer
+def _predict(cfg: Any, base: Any, images: Sequence[np.ndarray]
+             ) -> tuple[list[str], list[dict[str, float]], list[dict[str, float]]]:
+    """(completions, scores, readings) of `images` under `cfg.model`: the classical baseline
+    (scores: presence margins) or a VLM served by vLLM in Ray actors (scores: type
+    probabilities from the sampled tokens' log-probs)."""
+    feats = [reading(im) for im in images]
+    if cfg.model == "baseline:classical":
+        texts = [base.complete_one(im) for im in images]
+        return texts, [classical_scores(base.calibration, f) for f in feats], feats
+    import io
 
-    base = _baseline(cfg)
-    ctl = Controlled(base.calibration, {}, "")
-    for it in items:
-        ctl.feats[it.name] = reading(it.degraded)
-        it.completion = base.complete_one(it.degraded)
-        it.predicted = parse_answer(it.completion).annotation
-    if cfg.restore.thresholds:
-        ctl.thresholds = load_thresholds(cfg.restore.thresholds, SCORE_NAME)
-        ctl.source = str(cfg.restore.thresholds)
-        counts: dict[str, int] = {}
-    else:
-        ctl.thresholds, counts, ctl.source = calibrate_on_val(cfg, base)
-    save_thresholds(out_dir / "thresholds.json", ctl.thresholds, counts, SCORE_NAME, ctl.source)
-    return ctl
+    from PIL import Image
+
+    from dutrain.evaluate.generate import vllm_scored_completions
+    from dutrain.models import resolve_model
+    from dutrain.runtime.cluster import ray_session
+    pngs = []
+    for im in images:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    model_dir = str(resolve_model(str(cfg.model), storage=cfg.storage))
+    with ray_session(cfg.ray):
+        outs, _ = vllm_scored_completions(model_dir, pngs, cfg.generation)
+    return ([t for t, _, _ in outs], [type_confidences(t, p, lp) for t, p, lp in outs], feats)
 
 
-def calibrate_on_val(cfg: Any, base: Any) -> tuple[dict[str, float], dict[str, int], str]:
-    """Thresholds from the val split of `calibration` (else the input dataset): every predicted
-    step applied alone to the degraded image under the check, its PSNR gain against clean
-    recorded with its score."""
-    from dutrain.io.dataset import decode_png, read_table
-    from dutrain.schema import parse_answer
-
-    from .run import psnr
-
+def _val_rows(cfg: Any) -> tuple[list[Any], str]:
+    from dutrain.io.dataset import read_table
     root = str(cfg.calibration or cfg.input)
     rows = read_table(root, ["val"], ["degraded", "clean"], cfg.restore.calibration_limit,
                       cfg.storage).to_pylist()
     if not rows:
         raise UserError(f"restore.plan=controlled calibrates its thresholds on the val split, and "
                         f"dataset '{root}' has no val rows (set restore.thresholds=PATH)")
+    return rows, root
+
+
+def prepare(cfg: Any, items: Sequence[Any], out_dir: Path) -> Controlled:
+    """Predict every item (filling `predicted`, `completion`) with its scores and the
+    estimators' reading, and load or calibrate the thresholds (written to thresholds.json).
+    A VLM is served once for the val rows and the items together."""
+    from dutrain.io.dataset import decode_png
+    from dutrain.schema import parse_answer
+
+    base = _baseline(cfg)
+    name = SCORE_NAME if cfg.model == "baseline:classical" else VLM_SCORE_NAME
+    ctl = Controlled(base.calibration, {}, "", name)
+    val: list[tuple[np.ndarray, np.ndarray]] = []
+    root = ""
+    if not cfg.restore.thresholds:
+        rows, root = _val_rows(cfg)
+        val = [(decode_png(r["degraded"]), decode_png(r["clean"])) for r in rows]
+    texts, scores, feats = _predict(cfg, base, [d for d, _ in val]
+                                    + [it.degraded for it in items])
+    for k, it in enumerate(items, len(val)):
+        it.completion = texts[k]
+        it.predicted = parse_answer(texts[k]).annotation
+        ctl.scores[it.name], ctl.feats[it.name] = scores[k], feats[k]
+    counts: dict[str, int] = {}
+    if cfg.restore.thresholds:
+        ctl.thresholds = load_thresholds(cfg.restore.thresholds, name)
+        ctl.source = str(cfg.restore.thresholds)
+    else:
+        ctl.thresholds, counts = calibrate_on_val(base.calibration, val, texts[:len(val)],
+                                                  scores[:len(val)], feats[:len(val)])
+        ctl.source = f"{root} val ({len(val)} rows)"
+    save_thresholds(out_dir / "thresholds.json", ctl.thresholds, counts, name, ctl.source)
+    return ctl
+
+
+def calibrate_on_val(calibration: Mapping[str, Any], val: Sequence[tuple[np.ndarray, np.ndarray]],
+                     texts: Sequence[str], scores: Sequence[Mapping[str, float]],
+                     feats: Sequence[Mapping[str, float]]
+                     ) -> tuple[dict[str, float], dict[str, int]]:
+    """Thresholds from val rows ((degraded, clean) with the predictor's completion, scores and
+    reading): every predicted step applied alone to the degraded image under the check, its PSNR
+    gain against clean recorded with its score."""
+    from dutrain.schema import parse_answer
+
+    from .run import psnr
+
     records: list[tuple[str, float, float]] = []
-    for r in rows:
-        deg, clean = decode_png(r["degraded"]), decode_png(r["clean"])
-        f = reading(deg)
-        ann = parse_answer(base.complete_one(deg)).annotation
+    for (deg, clean), text, sc, f in zip(val, texts, scores, feats):
+        ann = parse_answer(text).annotation
         if ann is None:
             continue
-        scores = classical_scores(base.calibration, f)
         ident = psnr(clean, deg)
         for d in ann["degradations"]:  # each step alone on the degraded image, checked
-            o = control(deg, {"degradations": [d]}, scores, {}, base.calibration, reading,
-                        before=f)
-            records.append((d["type"], scores[d["type"]], psnr(clean, o.image) - ident))
+            if d["type"] not in sc:
+                continue
+            o = control(deg, {"degradations": [d]}, sc, {}, calibration, reading, before=f)
+            records.append((d["type"], sc[d["type"]], psnr(clean, o.image) - ident))
     counts: dict[str, int] = {}
     for t, _, _ in records:
         counts[t] = counts.get(t, 0) + 1
-    return calibrate_thresholds(records), counts, f"{root} val ({len(rows)} rows)"
+    return calibrate_thresholds(records), counts
 
 
 def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
@@ -443,7 +521,7 @@ def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
                "restore/model_calls_per_image": 1.0,
                "restore/controlled/touched": touched / n}
     lines = ["## Controlled plan", "",
-             f"thresholds ({SCORE_NAME}) from {ctl.source}: "
+             f"thresholds ({ctl.score_name}) from {ctl.source}: "
              + ", ".join(f"{t} {v:.3g}" for t, v in sorted(ctl.thresholds.items())), "",
              f"touched {touched} of {len(items)} images; one predictor call per image, "
              f"{ctl.checks / n:.2f} estimator passes per image for the checks (besides the "

@@ -143,7 +143,7 @@ def test_controlled_plan_needs_a_confidence(tmp_path, capsys):
     ann.write_text(json.dumps(BLUR))
     assert main(["restore", f"input={imgs}", f"annotation={ann}", "restore.plan=controlled",
                  f"output={tmp_path / 'o'}", "tracking.enabled=false"]) == 2
-    assert "only 'model=baseline:classical'" in capsys.readouterr().err
+    assert "needs a per-step confidence" in capsys.readouterr().err
 
 
 def test_controlled_plan_thresholds_file_must_exist(tmp_path, capsys):
@@ -159,3 +159,25 @@ def test_controlled_plan_thresholds_file_must_exist(tmp_path, capsys):
                  "restore.plan=controlled", f"output={tmp_path / 'o2'}",
                  "tracking.enabled=false", "calibration_samples=10"]) == 2
     assert "has no val rows" in capsys.readouterr().err
+
+
+def test_controlled_plan_with_the_tiny_vlm(tmp_path, ray_local):
+    """A VLM's confidence is the probability of its type tokens (vLLM log-probs of the one
+    call); thresholds are calibrated on val predictions served in the same engine session."""
+    probs = {"low_light": 1, "haze": 1}
+    root = write_dataset(tmp_path / "ds", {"train": 12, "val": 3, "test": 2}, size=56, seed=5,
+                         type_probs=probs, max_degradations=1, clean_fraction=0.0)
+    out = tmp_path / "out"
+    assert main(["restore", f"input={root}", "split=test", "model=tiny", f"output={out}",
+                 "restore.plan=controlled", "calibration_samples=12", "tracking.enabled=false",
+                 "generation.structured=true", "generation.max_tokens=300",
+                 "generation.temperature=1.0", "generation.seed=3"]) == 0
+    th = json.loads((out / "thresholds.json").read_text())
+    assert th["score"] == "vlm_type_probability" and "(3 rows)" in th["source"]
+    rows = [json.loads(x) for x in (out / "controller.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    steps = [s for r in rows for s in r["steps"]]
+    # seeded sampling under the grammar ends in parsed answers: every step has a probability
+    assert steps and all(0.0 < s["score"] <= 1.0 for s in steps)
+    m = json.loads((out / "metrics.json").read_text())
+    assert "test/psnr/controlled" in m and "test/worse_than_identity" in m

@@ -149,3 +149,36 @@ def test_risk_coverage_and_worse_share():
     assert rows[0] == {"coverage": 0.5, "gain": 1.5, "worse": 0.0}
     assert rows[1] == {"coverage": 1.0, "gain": -1.0, "worse": 0.5}
     assert C.worse_share([0.0, -0.4, -0.6]) == pytest.approx(1 / 3)
+
+
+def test_type_confidences_from_token_logprobs():
+    text = ('<think>dark</think>\n<answer>{"degradations": [{"type": "low_light", "params": '
+            '{"exposure": 0.4}}, {"type": "jpeg", "params": {"quality": 30}}]}</answer>')
+    # tokens: cut the text into pieces, "low" + "_light" and "jpeg" carry known log-probs
+    cuts = [text.index("low_light"), text.index("low_light") + 3, text.index("low_light") + 9,
+            text.index('"jpeg"') + 1, text.index('"jpeg"') + 5]
+    bounds = [0, *cuts, len(text)]
+    pieces = [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    lps = [0.0] * len(pieces)
+    lps[1], lps[2], lps[4] = np.log(0.5), np.log(0.8), np.log(0.9)
+    lps[0] = np.log(0.01)  # tokens outside the type names do not count
+    conf = C.type_confidences(text, pieces, lps)
+    assert conf == pytest.approx({"low_light": 0.4, "jpeg": 0.9})
+    # pieces that do not spell the text, or unequal lengths: no confidence at all
+    assert C.type_confidences(text, pieces[:-1], lps[:-1]) == {}
+    assert C.type_confidences(text, pieces, lps[:-1]) == {}
+    # an answer without a type field
+    assert C.type_confidences("<answer>{}</answer>", ["<answer>{}</answer>"], [0.0]) == {}
+
+
+def test_type_confidences_tolerate_a_reasoning_part_decoded_differently():
+    answer = '<answer>{"degradations": [{"type": "haze", "params": {"beta": 1.0}}]}</answer>'
+    text = "<think>caf\u00e9</think>\n" + answer
+    # token-by-token decoding splits the two-byte character into two replacement characters
+    pieces = ["<think>caf", "\ufffd", "\ufffd", "</think>\n", answer[:answer.index("haze")],
+              "haze", answer[answer.index("haze") + 4:]]
+    lps = [0.0, 0.0, 0.0, 0.0, 0.0, float(np.log(0.7)), 0.0]
+    assert C.type_confidences(text, pieces, lps) == pytest.approx({"haze": 0.7})
+    # a mismatch inside the answer is not tolerated
+    bad = pieces[:-1] + [pieces[-1].replace("1.0", "2.0")]
+    assert C.type_confidences(text, bad, lps) == {}
