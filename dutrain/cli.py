@@ -9,7 +9,9 @@ module prints that as one line (`dutrain VERB: error: ...`, exit 2), and Ctrl-C 
 
 from __future__ import annotations
 
+import difflib
 import os
+import signal
 import sys
 import textwrap
 
@@ -75,7 +77,6 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str], bool]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:  # `dutrain ... | head` must not end in a traceback
-        import signal
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     except (AttributeError, ValueError):
         pass
@@ -87,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in VERBS:
-        import difflib
         close = difflib.get_close_matches(name, list(VERBS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         print(f"dutrain: unknown verb '{name}'{hint}; verbs: {', '.join(VERBS)}", file=sys.stderr)

@@ -9,6 +9,8 @@ and keeps its traceback (:data:`EXIT_FAILED`).
 
 from __future__ import annotations
 
+import errno
+
 #: exit codes of every verb (`dutrain --help` prints this table)
 EXIT_OK = 0  #: the verb did what was asked
 EXIT_FAILED = 1  #: the work itself failed (a bug, a crashed worker, a failed job)
@@ -35,7 +37,6 @@ class UserError(Exception):
 def disk_full(exc: BaseException) -> bool:
     """True when `exc` or an exception it was raised from is ENOSPC (no space left on device),
     also when a Ray task raised it on a worker (Ray re-raises it wrapped, with its text)."""
-    import errno
     seen: set[int] = set()
     e: BaseException | None = exc
     while e is not None and id(e) not in seen:
@@ -44,3 +45,4 @@ def disk_full(exc: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+

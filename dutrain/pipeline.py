@@ -24,7 +24,12 @@ from typing import Any, Callable
 from dutrain.config import VERBS, replace, to_dict
 from dutrain.config.pipeline import PIPELINE_STAGES, PipelineConfig
 from dutrain.config.secrets import redacted
+from dutrain.data.generate import is_finished
+from dutrain.data.sources import list_sources
 from dutrain.errors import UserError
+from dutrain.io.storage import join
+from dutrain.runtime import preflight
+from dutrain.runtime.cluster import ray_session
 from dutrain.tracking import PARENT_ENV, PIPELINE_ENV, stage_run, tracking_uri
 
 
@@ -66,7 +71,6 @@ def _stage_cfg(cfg: PipelineConfig, stage: str, **changes: Any) -> Any:
 
 def store(cfg: PipelineConfig, *parts: str) -> str:
     """A path under storage_root (local or s3://), where data and checkpoints live."""
-    from dutrain.io.storage import join
     return join(cfg.storage_root or cfg.workdir, *parts)
 
 
@@ -153,7 +157,6 @@ def _finished_output(job: StageJob) -> bool:
     were lost, or it was made outside the pipeline): nothing to redo."""
     if job.verb != "generate":
         return False
-    from dutrain.data.generate import is_finished
     return is_finished(job.config)
 
 
@@ -197,8 +200,6 @@ def _compare_evals(job: StageJob, pid: str) -> StageJob:
 def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None = None) -> dict:
     """Run the planned stages; returns {label: {"status", "seconds"}}. Raises PipelineError
     (a stage's user error) or StageFailed (a stage's non-zero exit code)."""
-    from dutrain.runtime.cluster import ray_session
-
     runner = runner or (lambda verb, c: VERBS[verb].run_fn()(c))
     jobs = plan(cfg)
     preflight_pipeline(cfg)
@@ -290,13 +291,11 @@ def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
 def preflight_pipeline(cfg: PipelineConfig) -> None:
     """What can be checked before Ray starts: the workdir and storage root, the tracking server,
     generate's sources, sft's starting model, and the dataset when generate does not run."""
-    from dutrain.runtime import preflight
     preflight.output_location("workdir", cfg.workdir)
     if cfg.storage_root:
         preflight.output_location("storage_root", cfg.storage_root, cfg.generate.storage)
     preflight.tracking(cfg.tracking)
     if "generate" in cfg.stages:
-        from dutrain.data.sources import list_sources
         list_sources(cfg.generate.sources, cfg.generate.storage)
     if "sft" in cfg.stages:
         preflight.model("sft.model", cfg.sft.model, cfg.sft.storage)

@@ -198,6 +198,7 @@ def _address_env_cleared() -> Iterator[None]:
 
 def connect(address: str | None) -> Any:
     """A JobSubmissionClient for the cluster, authenticated from the environment."""
+    # lazy: `dutrain submit --help` loads this module, and ray is slow to import
     from ray.job_submission import JobSubmissionClient
     url = resolve_address(address, os.environ)
     token = auth_token(os.environ)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dutrain.schema import SPLITS
+from dutrain.schema import SPLITS, TAXONOMY
 
-from .common import RayConfig, StorageConfig, TrackingConfig
+from .common import RayConfig, RewardWeights, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
-from .common import RewardWeights
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -120,8 +119,6 @@ class RLConfig:
     ray: RayConfig = option(default_factory=RayConfig, doc="Ray cluster")
 
     def validate(self) -> None:
-        from dutrain.schema import TAXONOMY
-
         seqs = self.prompts_per_step * self.group_size
         if seqs % self.learner.workers:
             raise ConfigError(f"bad value for 'learner.workers': {self.learner.workers} (allowed: "

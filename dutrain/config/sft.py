@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from .common import RayConfig, StorageConfig, TrackingConfig
-from .core import ConfigError, configclass, option
-
+from .core import ConfigError, configclass, option, to_dict
 
 #: initialisations of the tiny model's patch embedding (`dutrain.models.tiny`)
 PATCH_INITS = ("random", "dct", "dct_block")
@@ -37,8 +36,9 @@ class TinyModelConfig:
                              choices=PATCH_INITS)
 
     def spec(self) -> "object":
+        # lazy: dutrain.models.tiny imports this module (cycle) and numpy; config stays light
+        # for `dutrain --help`
         from dutrain.models.tiny import TinySpec
-        from .core import to_dict
         d = to_dict(self)
         d["mrope_section"] = tuple(d["mrope_section"])
         return TinySpec(**d)

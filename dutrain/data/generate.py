@@ -22,25 +22,28 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from dutrain import __version__
 from dutrain.config import redacted, to_dict
 from dutrain.config.generate import GenerateConfig
 from dutrain.errors import UserError
+from dutrain.io.dataset import COLUMNS, parquet_dataset, read_table
+from dutrain.io.images import Rejected, check_size, is_text, printable_name
+from dutrain.io.storage import filesystem, is_remote, s3_options
+from dutrain.runtime import preflight
+from dutrain.runtime.cluster import forwarded_env, ray_session
 from dutrain.tracking import stage_run
 
 from .card import dataset_stats, preview_ids, render_preview
-from dutrain.runtime.cluster import forwarded_env, ray_session
-from dutrain.io.dataset import COLUMNS, parquet_dataset, read_table
-from dutrain.io.images import Rejected, check_size, is_text, printable_name
 from .plan import PlanError, plan_crops, plan_shards, shard_name, split_of
 from .shard import run_shard
 from .sources import SourceRef, list_sources, load_source, train_only
-from dutrain.io.storage import filesystem, is_remote, s3_options
 
 PLAN_FILE = "_plan.json"
 CARD_FILE = "dataset_card.json"
@@ -182,7 +185,6 @@ def is_finished(cfg: GenerateConfig) -> bool:
 def probe_source(item: dict[str, Any], storage: dict[str, Any], max_pixels: int,
                  image_size: int) -> dict[str, Any]:
     """Ray Data map function: read and decode one source; a reject carries its reason."""
-    from types import SimpleNamespace
     out = {"source_id": item["source_id"], "uri": item["uri"], "width": 0, "height": 0,
            "note": "", "reason": ""}
     try:
@@ -268,7 +270,6 @@ def complete_shards(root: Root, plan: dict[str, Any]) -> set[str]:
 def run_shards(ray: Any, plan: dict[str, Any], todo: list[dict[str, Any]], cfg: GenerateConfig,
                storage: dict[str, Any], runtime_env: dict[str, Any] | None, done_rows: int,
                tracker: Any) -> list[dict[str, Any]]:
-    from tqdm import tqdm
     uris = {p["source_id"]: p["uri"] for p in plan["sources"]}
     items = []
     for s in todo:
@@ -358,8 +359,6 @@ def _quiet_ray_data(ray: Any) -> Iterator[None]:
 
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Write (or finish writing) the dataset of `cfg`; raises GenerateError with what to change."""
-    from dutrain.runtime import preflight
-
     t_start = time.perf_counter()
     params = gen_params(cfg)
     fp = fingerprint(params)

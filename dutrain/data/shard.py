@@ -19,16 +19,17 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 from PIL import Image
 
 from dutrain import __version__
 from dutrain.degrade import LUMA_WEIGHTS, apply_chain, sample_chain
+from dutrain.io.images import Rejected, check_size
+from dutrain.io.storage import filesystem, is_remote
 from dutrain.schema import canonical_json
 
-from dutrain.io.images import Rejected, check_size
 from .plan import Crop, derive_seed
 from .sources import load_source
-from dutrain.io.storage import filesystem, is_remote
 
 #: docs/design.md §4, fixed
 SCHEMA = pa.schema([
@@ -150,7 +151,6 @@ def write_rows(rows: Iterator[dict[str, Any]], root: str, name: str, storage: An
 
 def run_shard(item: dict[str, Any]) -> dict[str, Any]:
     """Ray Data map function: item = {"spec": JSON of one shard} → a summary row."""
-    import ray
     spec = json.loads(item["spec"])
     t0, c0 = time.perf_counter(), time.process_time()
     storage = SimpleNamespace(**spec["storage"])

@@ -25,10 +25,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from dutrain.io.images import PERMANENT_ERRNOS, Rejected, decode_image
+from dutrain.degrade import to_rgb_uint8
 from dutrain.degrade.procedural import DEAD_LEAVES, dead_leaves, parse_spec
-from dutrain.io.storage import filesystem
 from dutrain.errors import UserError
+from dutrain.io.images import PERMANENT_ERRNOS, Rejected, decode_image
+from dutrain.io.storage import filesystem
+from dutrain.runtime.preflight import existing_dir, s3_errors
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
                     ".pgm", ".pnm")
@@ -113,7 +115,6 @@ def list_one(spec: str, storage: Any = None) -> list[SourceRef]:
     if procedural is not None:
         return [SourceRef(f"{DEAD_LEAVES}/{i:05d}", f"{DEAD_LEAVES}:{i}") for i in range(procedural)]
     if spec.startswith("s3://"):
-        from dutrain.runtime.preflight import existing_dir, s3_errors
         if not spec.endswith(".txt"):  # a missing bucket, credentials, endpoint: one line
             existing_dir("sources", spec, storage, "an s3:// prefix of images")
         with s3_errors("sources", spec):
@@ -170,9 +171,7 @@ def read_bytes(uri: str, storage: Any = None) -> bytes:
 
 
 def load_builtin(name: str) -> tuple[np.ndarray, str]:
-    import skimage.data
-
-    from dutrain.degrade import to_rgb_uint8
+    import skimage.data  # lazy: slow to import, only for the named sample images
     img = getattr(skimage.data, name)()
     if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity) → the left view
         img = img[0]

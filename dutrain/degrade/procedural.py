@@ -13,6 +13,7 @@ Pure functions: image `i` depends on `i` and the size alone, so a source id name
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 DEAD_LEAVES = "dead_leaves"
 MAX_IMAGES = 100_000
@@ -34,8 +35,6 @@ def dead_leaves(index: int, size: int = SIZE, disks: int = 6000) -> np.ndarray:
     """RGB uint8 (size, size, 3): disks with radii drawn from p(r) ∝ r^-3 in [2, 120] px,
     random colours (grey in 30 % of images), a faint smooth texture and a slight blur, so the
     image is neither flatter nor sharper than a photo."""
-    from scipy.ndimage import gaussian_filter
-
     rng = np.random.default_rng(index)
     img = np.zeros((size, size, 3), np.float32) + rng.uniform(0, 1, 3)
     yy, xx = np.mgrid[0:size, 0:size]

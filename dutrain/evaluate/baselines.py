@@ -20,10 +20,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dutrain.errors import UserError
+from dutrain.io.dataset import decode_png, read_table
 from dutrain.schema import STAGE_NAMES, TAXONOMY, canonical_json, canonicalize, render_answer
 
 from .estimators import measure
-
 
 # ----------------------------------------------------------------------------------------- prior
 
@@ -247,9 +248,6 @@ def fit_baseline(name: str, root: str, samples: int | None,
     dataset at `root`: the prior on every train annotation, the classical baseline on the
     estimators' measurements of at most `samples` train images. A UserError when the dataset
     has no train rows."""
-    from dutrain.errors import UserError
-    from dutrain.io.dataset import decode_png, read_table
-
     images = name == "baseline:classical"
     cols = ["annotation"] + (["degraded"] if images else [])
     rows = read_table(root, ["train"], cols, samples if images else None, storage).to_pylist()

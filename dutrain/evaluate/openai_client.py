@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import io
 import json
 import os
 import socket
@@ -28,10 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from PIL import Image
+
 from dutrain.config.openai import OpenAIConfig, split_spec
 from dutrain.config.secrets import scrub
 from dutrain.errors import UserError
 from dutrain.models.prompts import INSTRUCTION
+from dutrain.schema import TAXONOMY
 
 #: raw response bodies kept in completions.jsonl are cut to this many characters
 MAX_RAW_CHARS = 16_384
@@ -42,7 +46,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def generalist_instruction() -> str:
     """The prompt for a VLM that never saw our format: taxonomy, keys, ranges and format."""
-    from dutrain.schema import TAXONOMY
     lines = [
         "Which degradations were applied to this image? Possible degradations (type: "
         "description; parameters with unit and range):"]
@@ -98,9 +101,6 @@ class _Budget(Exception):
 def _png(data: bytes) -> bytes:
     if data[:8] == PNG_MAGIC:
         return data
-    import io
-
-    from PIL import Image
     buf = io.BytesIO()
     with Image.open(io.BytesIO(data)) as im:
         im.convert("RGB").save(buf, format="PNG")
@@ -121,6 +121,7 @@ class OpenAIClient:
         self.extra: dict[str, Any] = {}
         if getattr(gen, "structured", False):
             # vLLM's extension (OpenAI's own API rejects it): the answer grammar, as in-process
+            # lazy: dutrain.models.engine imports torch/transformers, needed only for the grammar
             from dutrain.models.engine import answer_grammar
             self.extra["structured_outputs"] = {"grammar": answer_grammar()}
         self.text = instruction(cfg.prompt)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from dutrain.io.storage import filesystem
+from dutrain.runtime.preflight import PreflightError, s3_errors
 
 
 @dataclass
@@ -54,7 +55,6 @@ def parse_lines(lines: Iterable[str]) -> Predictions:
 
 
 def read_predictions(path: str, storage: Any = None) -> Predictions:
-    from dutrain.runtime.preflight import PreflightError, s3_errors
     fs, p = filesystem(path, storage)
     with s3_errors("predictions", path):
         if fs.isdir(p):

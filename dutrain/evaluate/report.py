@@ -6,6 +6,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from dutrain.schema import TAXONOMY
 
 from .metrics import STRENGTH_BANDS, Scored, confusion_labels
@@ -108,6 +110,7 @@ def markdown_report(system: str, dataset: str, splits: Sequence[str], metrics: M
 
 
 def _plt():
+    # lazy: matplotlib is slow to import and only the plots need it
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -115,7 +118,6 @@ def _plt():
 
 
 def plot_confusion(matrix: list[list[int]], split: str, path: Path) -> None:
-    import numpy as np
     plt = _plt()
     rows_l, cols_l = confusion_labels()
     m = np.array(matrix, dtype=float)

@@ -12,9 +12,16 @@ from dutrain.config.eval import EvalConfig
 from dutrain.config.openai import PREFIX as OPENAI_PREFIX
 from dutrain.errors import UserError
 from dutrain.io.dataset import decode_png, read_table
+from dutrain.models import resolve_model
+from dutrain.runtime import preflight
+from dutrain.runtime.cluster import ray_session
 from dutrain.tracking import stage_run
 
+from .baselines import fit_baseline
+from .generate import vllm_completions
+from .lenient import lenient_metrics
 from .metrics import by_source, confusion, confusion_labels, score_sample, split_metrics
+from .openai_client import OpenAIClient
 from .predictions import read_predictions, write_predictions
 from .report import markdown_report, notes_for, summary_table, write_plots
 
@@ -25,7 +32,6 @@ def _rows(cfg: EvalConfig, split: str, images: bool) -> list[dict[str, Any]]:
 
 
 def _baseline(cfg: EvalConfig) -> tuple[Any, dict[str, Any]]:
-    from .baselines import fit_baseline
     b = fit_baseline(str(cfg.model), cfg.dataset, cfg.calibration_samples, cfg.storage)
     return b, b.describe()
 
@@ -59,10 +65,6 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
         dt = time.perf_counter() - t1
         timing["eval/samples_per_s"] = len(wanted) / dt if dt > 0 else 0.0
         return {r["sample_id"]: t for r, t in zip(wanted, texts)}, info, timing
-    from dutrain.models import resolve_model
-    from dutrain.runtime.cluster import ray_session
-
-    from .generate import vllm_completions
     model_dir = str(resolve_model(cfg.source, storage=cfg.storage))
     with ray_session(cfg.ray):
         texts, stats = vllm_completions(model_dir, [r["degraded"] for r in wanted],
@@ -76,7 +78,6 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
 
 
 def _openai_client(cfg: EvalConfig) -> Any:
-    from .openai_client import OpenAIClient
     cache = cfg.openai.cache or str(Path(cfg.output) / "openai_cache")
     return OpenAIClient(cfg.source, cfg.openai, cfg.generation, cache)
 
@@ -120,7 +121,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     for s, sc in scored.items():
         metrics.update(split_metrics(s, sc))
     if "openai_rows" in info:
-        from .lenient import lenient_metrics
         for s, sc in scored.items():
             metrics.update(lenient_metrics(s, sc, comps))
     if cfg.source == "predictions":
@@ -156,7 +156,6 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
 
 def preflight_eval(cfg: EvalConfig) -> None:
     """Inputs, output and tracking server, checked before any model or Ray starts."""
-    from dutrain.runtime import preflight
     preflight.dataset("dataset", cfg.dataset, cfg.storage)
     if cfg.source == "predictions":
         if "://" not in str(cfg.predictions):

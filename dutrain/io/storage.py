@@ -35,7 +35,7 @@ def filesystem(uri: str, storage: Any = None) -> tuple[fsspec.AbstractFileSystem
     """(filesystem, path inside it) for a local path or URI."""
     uri = str(uri)
     if uri.startswith("s3://"):
-        import s3fs
+        import s3fs  # lazy: optional, slow to import, only for s3://
         return s3fs.S3FileSystem(**s3_options(storage)), uri[len("s3://"):]
     if uri.startswith("file://"):
         uri = uri[len("file://"):]

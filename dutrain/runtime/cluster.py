@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
+import time
 from typing import Any, Iterator
+
+import ray
 
 #: variables the S3 client reads; on a private local cluster those set on the driver are forwarded
 #: to the tasks (Ray runtime_env) so they reach workers started before they were set. They are
@@ -20,7 +25,6 @@ def ray_session(rcfg: Any) -> Iterator[Any]:
     `ray.address` null/'local' starts a private cluster on 127.0.0.1 (`ray.num_cpus` CPUs, default
     all); 'auto' or HOST:PORT joins a running cluster, whose every node then takes tasks.
     """
-    import ray
     if ray.is_initialized():
         yield ray
         return
@@ -65,8 +69,6 @@ def _children() -> set[int]:
 
 
 def _end_processes(pids: set[int]) -> None:
-    import signal
-    import time
     for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0)):
         alive = set()
         for pid in pids:
@@ -89,8 +91,6 @@ def _end_processes(pids: set[int]) -> None:
 
 def _shutdown(ray: Any) -> None:
     """ray.shutdown(), finished even when a second Ctrl-C arrives while it runs."""
-    import signal
-    import threading
     restore = None
     if threading.current_thread() is threading.main_thread():
         try:

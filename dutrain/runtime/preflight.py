@@ -7,7 +7,9 @@ a short timeout); they never read a dataset or load a model.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import re
 import urllib.error
@@ -16,7 +18,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
+from dutrain.config.secrets import scrub
 from dutrain.errors import UserError
+from dutrain.io.dataset import DatasetError, check_dataset
+from dutrain.io.storage import filesystem
+from dutrain.models.loading import CheckpointError, check_model_dir
+from dutrain.tracking.mlflow_run import tracking_uri
 
 #: seconds the tracking-server probe waits for an answer
 TRACKING_PROBE_TIMEOUT_S = 3.0
@@ -68,7 +75,6 @@ def s3_errors(key: str, uri: str) -> Iterator[None]:
 
 def _s3_kind(key: str, uri: str, storage: Any) -> str | None:
     """'dir', 'file' or None (absent) for an s3:// URI; S3 failures become PreflightError."""
-    from dutrain.io.storage import filesystem
     with s3_errors(key, uri):
         fs, path = filesystem(uri, storage)
         bucket = path.split("/", 1)[0]
@@ -121,7 +127,6 @@ def existing_file(key: str, path: str | None, what: str = "a file") -> None:
 def dataset(key: str, root: str | None, storage: Any = None) -> None:
     """`root` must be a readable dutrain dataset (`dutrain.io.dataset.check_dataset`: a folder or
     s3:// prefix of complete, undamaged Parquet part files)."""
-    from dutrain.io.dataset import DatasetError, check_dataset
     existing_dir(key, root, storage, "a dataset folder")
     try:
         with s3_errors(key, str(root)):
@@ -165,7 +170,6 @@ def model(key: str, ref: str | None, storage: Any = None) -> None:
     ref = str(ref)
     if re.match(r"[a-z][a-z0-9+.-]*:", ref) and not ref.startswith("s3://"):
         return  # baseline:…, openai:…: not a path; their own code checks them
-    from dutrain.models.loading import CheckpointError, check_model_dir
     if ref.startswith("s3://"):
         kind = _s3_kind(key, ref, storage)
         if kind != "dir":
@@ -195,7 +199,6 @@ def tracking(tcfg: Any, required: bool = False) -> None:
     instead of hanging in MLflow's HTTP retries for minutes."""
     if tcfg is None or not (required or getattr(tcfg, "enabled", True)):
         return
-    from dutrain.tracking.mlflow_run import tracking_uri
     uri = tracking_uri(getattr(tcfg, "uri", None))
     scheme = urllib.parse.urlparse(uri).scheme
     fix = "start the server or fix tracking.uri / $MLFLOW_TRACKING_URI" + (
@@ -215,7 +218,6 @@ def tracking(tcfg: Any, required: bool = False) -> None:
 
 
 def probe_http(uri: str, experiment: str, fix: str) -> None:
-    from dutrain.config.secrets import scrub
     url = (uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?"
            + urllib.parse.urlencode({"experiment_name": experiment}))
     headers = {}
@@ -225,7 +227,6 @@ def probe_http(uri: str, experiment: str, fix: str) -> None:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     elif user and password:
-        import base64
         headers["Authorization"] = "Basic " + base64.b64encode(
             f"{user}:{password}".encode()).decode()
     not_mlflow = (f"MLflow tracking server '{scrub(uri)}' did not answer as an MLflow server "
@@ -252,7 +253,6 @@ def probe_http(uri: str, experiment: str, fix: str) -> None:
 
 
 def _mlflow_json(body: bytes) -> bool:
-    import json
     try:
         return isinstance(json.loads(body or b"null"), dict)
     except ValueError:

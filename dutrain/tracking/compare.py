@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from dutrain.errors import UserError
+from dutrain.runtime import preflight
 from dutrain.schema import SPLITS
 
 from .mlflow_run import stage_run, tracking_uri
@@ -161,10 +164,10 @@ def choose_metrics(runs: Sequence[Any], wanted: Sequence[str] = (), limit: int =
 def plot(comp: Comparison, path: Path, kind: str = "bar") -> None:
     """Small multiples, one panel per metric (metrics have different scales): bars per run, or
     a line across the runs in order."""
+    # lazy: matplotlib is slow to import and only --plot needs it
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     labels = [r.info.run_name or r.info.run_id[:8] for r in comp.runs]
     n = len(comp.metrics)
@@ -195,9 +198,8 @@ def plot(comp: Comparison, path: Path, kind: str = "bar") -> None:
 
 def compare(cfg: Any) -> tuple[Comparison, Path]:
     """Select, tabulate and write the comparison (no MLflow run of its own)."""
+    # lazy: mlflow is slow to import and every runner imports dutrain.tracking for stage_run
     from mlflow import MlflowClient
-
-    from dutrain.runtime import preflight
 
     preflight.output_location("output", cfg.output)
     preflight.tracking(cfg.tracking, required=True)  # compare reads runs: tracking must be on

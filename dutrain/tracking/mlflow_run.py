@@ -62,7 +62,7 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if not self.active:
             return
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # lazy: mlflow only for a tracked run (slow import)
         ts = int(time.time() * 1000)
         ms = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
               if v is not None and _finite(v)]
@@ -72,7 +72,7 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None:
         if not self.active:
             return
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # lazy: mlflow only for a tracked run (slow import)
         ps = [Param(k, scrub(_param_str(v))[:_MAX_PARAM]) for k, v in params.items()]
         for i in range(0, len(ps), 100):
             self._client.log_batch(self.run_id, params=ps[i:i + 100])
@@ -135,6 +135,7 @@ def stage_run(cfg: Any, stage: str, *, run_name: str | None = None,
     if not (enabled and rank_zero):
         yield Tracker()
         return
+    # lazy: mlflow is slow to import; only a tracked run (enabled, rank zero) needs it
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 

@@ -13,6 +13,9 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
+import ray
+from tqdm import tqdm
+
 _handles: dict[str, Any] = {}
 
 
@@ -31,7 +34,6 @@ def post_step(board: str | None, step: int, metrics: Mapping[str, float] | None 
     """Called by a worker (rank 0): report `step` and a few metrics to the driver's bar."""
     if not board:
         return
-    import ray
     name, namespace = board.split("@", 1)
     try:
         if board not in _handles:
@@ -49,9 +51,6 @@ def step_progress(total: int, desc: str, enabled: bool = True, show: tuple[str, 
     if not enabled:
         yield None
         return
-    import ray
-    from tqdm import tqdm
-
     name = f"dutrain-progress-{uuid.uuid4().hex[:8]}"
     namespace = ray.get_runtime_context().namespace
     actor = ray.remote(num_cpus=0)(_Board).options(name=name, namespace=namespace).remote()
