@@ -11,9 +11,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont
 
-from dutrain.schema import CLEAN, SPLITS, TAXONOMY, TYPES
-
 from dutrain.io.dataset import decode_png
+from dutrain.schema import CLEAN, SPLITS, TAXONOMY, TYPES
 
 
 def _ordered(counter: Counter, order: Iterable[str]) -> dict[str, int]:

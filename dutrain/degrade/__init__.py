@@ -6,8 +6,14 @@ operator module's docstring.
 """
 
 from ._image import LUMA_WEIGHTS, to_float, to_rgb_uint8, to_uint8
-from .chain import (DEFAULT_TYPE_PROBS, REGISTRY, apply_chain, apply_operator, operator_rng,
-                    sample_chain)
+from .chain import (
+    DEFAULT_TYPE_PROBS,
+    REGISTRY,
+    apply_chain,
+    apply_operator,
+    operator_rng,
+    sample_chain,
+)
 from .cues import CUE_NAMES, measure_cues
 from .reasoning import write_reasoning
 

@@ -26,8 +26,15 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from dutrain.rewards import (COMPONENTS, Answer, KeyMatch, check_weights, key_matches,
-                             read_answer, reference_entries)
+from dutrain.rewards import (
+    COMPONENTS,
+    Answer,
+    KeyMatch,
+    check_weights,
+    key_matches,
+    read_answer,
+    reference_entries,
+)
 from dutrain.rewards.structured import REWARD_FUNCTIONS
 from dutrain.schema import CLEAN, TAXONOMY, TYPES
 

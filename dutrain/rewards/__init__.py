@@ -4,9 +4,22 @@
     score(completion, reference_annotation)  # {'format', 'type', 'key', 'value', 'total'}
 """
 
-from .structured import (COMPONENTS, DEFAULT_WEIGHTS, REWARD_FUNCTIONS, Answer, KeyMatch,
-                         check_weights, format_reward, key_matches, key_reward, read_answer,
-                         reference_entries, score, type_reward, value_reward)
+from .structured import (
+    COMPONENTS,
+    DEFAULT_WEIGHTS,
+    REWARD_FUNCTIONS,
+    Answer,
+    KeyMatch,
+    check_weights,
+    format_reward,
+    key_matches,
+    key_reward,
+    read_answer,
+    reference_entries,
+    score,
+    type_reward,
+    value_reward,
+)
 
 __all__ = ["COMPONENTS", "DEFAULT_WEIGHTS", "REWARD_FUNCTIONS", "Answer", "KeyMatch",
            "check_weights", "format_reward", "key_matches", "key_reward", "read_answer",

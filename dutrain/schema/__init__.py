@@ -1,10 +1,29 @@
 """Answer schema: the taxonomy as data, canonical annotations and the model's text format."""
 
-from .annotation import (Annotation, AnnotationError, Degradation, canonical_json, canonicalize,
-                         check_annotation, clean_annotation, is_clean, types_of)
+from .annotation import (
+    Annotation,
+    AnnotationError,
+    Degradation,
+    canonical_json,
+    canonicalize,
+    check_annotation,
+    clean_annotation,
+    is_clean,
+    types_of,
+)
 from .answer import ParseResult, answer_json_schema, parse_answer, render_answer
-from .taxonomy import (CLEAN, SPLITS, STAGE_NAMES, TAXONOMY, TYPES, DegradationSpec, ParamSpec, all_keys,
-                       param_spec, spec)
+from .taxonomy import (
+    CLEAN,
+    SPLITS,
+    STAGE_NAMES,
+    TAXONOMY,
+    TYPES,
+    DegradationSpec,
+    ParamSpec,
+    all_keys,
+    param_spec,
+    spec,
+)
 
 __all__ = [
     "Annotation", "AnnotationError", "Degradation", "canonical_json", "canonicalize",

@@ -34,11 +34,11 @@ if __name__ == "__main__":
     args = ap.parse_args()
 
     import ray
+    from test_eval_data import write_dataset
 
     from dutrain.config import load_config
     from dutrain.config.eval import EvalConfig
     from dutrain.evaluate.run import evaluate
-    from test_eval_data import write_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     root = write_dataset(tmp / "ds", {"train": 64, "test": args.samples}, size=128, seed=0)

@@ -28,12 +28,12 @@ from PIL import Image
 
 from dutrain.config import load_config
 from dutrain.config.generate import GenerateConfig
-from dutrain.io.dataset import decode_png, read_table
-from dutrain.io.images import Rejected, check_size
 from dutrain.data.generate import generate
 from dutrain.data.plan import plan_crops, plan_shards, shard_name, split_of
 from dutrain.data.shard import shard_rows, write_rows
 from dutrain.data.sources import list_sources, load_source
+from dutrain.io.dataset import decode_png, read_table
+from dutrain.io.images import Rejected, check_size
 
 SIZE = 512
 

@@ -52,8 +52,8 @@ def make_dataset(root: Path) -> str:
 def dutrain_run(dataset: str, out: Path, mode: str, steps: int, learners: int) -> dict:
     from dutrain.config import load_config
     from dutrain.config.rl import RLConfig
-    from dutrain.runtime.cluster import ray_session
     from dutrain.rl.controller import Controller, prepare
+    from dutrain.runtime.cluster import ray_session
 
     cfg = load_config(RLConfig, overrides=[
         f"dataset={dataset}", f"output={out}", f"mode={mode}", f"steps={steps + WARMUP}",

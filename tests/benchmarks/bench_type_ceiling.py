@@ -32,9 +32,9 @@ import time
 
 import numpy as np
 
-from dutrain.io.dataset import decode_png, read_table
 from dutrain.degrade.cues import measure_cues
 from dutrain.evaluate.metrics import source_of
+from dutrain.io.dataset import decode_png, read_table
 from dutrain.schema import CLEAN, TYPES, types_of
 
 LABELS = (CLEAN, *TYPES)

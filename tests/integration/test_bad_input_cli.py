@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import BIN, ROOT, free_port
 from PIL import Image
 
-from conftest import BIN, ROOT, free_port
 from dutrain.cli import main
 from dutrain.io.dataset import COLUMNS
 

@@ -6,14 +6,14 @@ import json
 
 import pytest
 from mlflow import MlflowClient
+from test_eval_data import write_dataset
 
 from dutrain.cli import main
 from dutrain.config import load_config
 from dutrain.config.eval import EvalConfig
-from dutrain.io.dataset import read_table
 from dutrain.evaluate.run import evaluate
+from dutrain.io.dataset import read_table
 from dutrain.schema import render_answer
-from test_eval_data import write_dataset
 
 OFF = "tracking.enabled=false"
 

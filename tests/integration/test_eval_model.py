@@ -9,11 +9,12 @@ import subprocess
 import sys
 import textwrap
 
+from test_eval_data import write_dataset
+
 from dutrain.cli import main
 from dutrain.io.dataset import read_table
 from dutrain.models import tiny_model
 from dutrain.runtime.vllm_env import VLLM_ENV
-from test_eval_data import write_dataset
 
 # Greedy decoding of the random tiny model loops inside <think>; seeded sampling (one generator per
 # request in vLLM, so batching does not matter) under the answer grammar ends in valid answers.

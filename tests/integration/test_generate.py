@@ -19,10 +19,10 @@ from PIL import Image
 
 from dutrain.config import load_config
 from dutrain.config.generate import GenerateConfig
-from dutrain.io.dataset import COLUMNS, SPLITS, decode_png, read_table
 from dutrain.data.generate import GenerateError, generate, is_finished, run
 from dutrain.data.shard import SCHEMA
 from dutrain.degrade import apply_chain
+from dutrain.io.dataset import COLUMNS, SPLITS, decode_png, read_table
 from dutrain.schema import TAXONOMY, canonical_json, check_annotation
 
 SMALL = ["image_size=64", "samples=240", "rows_per_shard=64", "progress=false"]

@@ -15,10 +15,10 @@ import ray
 
 from dutrain.config import load_config
 from dutrain.config.generate import GenerateConfig
-from dutrain.io.dataset import read_table
 from dutrain.data.generate import generate
 from dutrain.data.plan import plan_crops, split_of
 from dutrain.data.sources import BUILTIN_IMAGES
+from dutrain.io.dataset import read_table
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ from PIL import Image
 
 from dutrain.config import load_config
 from dutrain.config.generate import GenerateConfig
-from dutrain.io.dataset import COLUMNS, decode_png, read_table
 from dutrain.data.generate import generate
 from dutrain.data.plan import split_of
 from dutrain.data.sources import load_builtin
 from dutrain.degrade import apply_chain
+from dutrain.io.dataset import COLUMNS, decode_png, read_table
 
 
 def test_s3_sources_and_output(ray_local, s3_env, tmp_path, monkeypatch):

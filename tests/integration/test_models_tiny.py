@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dutrain.models import (encode_prompts, load_model, load_processor, resolve_model,
-                            tiny_model)
+from dutrain.models import encode_prompts, load_model, load_processor, resolve_model, tiny_model
 from dutrain.models.loading import CheckpointError
 from dutrain.models.tiny import TinySpec
 from dutrain.runtime.vllm_env import VLLM_ENV

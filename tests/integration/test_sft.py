@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from dutrain.config import load_config
 from dutrain.config.generate import GenerateConfig
 from dutrain.config.sft import SFTConfig
-from dutrain.io.dataset import iter_samples
 from dutrain.data.generate import generate
+from dutrain.io.dataset import iter_samples
 from dutrain.models import encode_prompts, load_model, load_processor
 from dutrain.sft.run import run
 

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from dutrain.io.dataset import decode_png, read_table
 from dutrain.evaluate.metrics import score_sample, split_metrics
+from dutrain.io.dataset import decode_png, read_table
 from dutrain.models import load_model, load_processor, resolve_model
 from dutrain.schema import CLEAN, types_of
 from dutrain.sft.loop import transformers_completions

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BIN, ROOT, free_port
 
 TOKEN = secrets.token_hex(16)

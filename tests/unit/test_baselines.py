@@ -9,7 +9,12 @@ import pytest
 
 import dutrain.evaluate.estimators as est
 from dutrain.degrade import LUMA_WEIGHTS, apply_chain
-from dutrain.evaluate.baselines import ClassicalBaseline, PriorBaseline, best_threshold, prior_annotation
+from dutrain.evaluate.baselines import (
+    ClassicalBaseline,
+    PriorBaseline,
+    best_threshold,
+    prior_annotation,
+)
 from dutrain.rewards import score
 from dutrain.schema import parse_answer
 

@@ -11,8 +11,17 @@ import pytest
 from dutrain.cli import main
 from dutrain.config import ConfigError, RayConfig, TrackingConfig, configclass, load_config, option
 from dutrain.config.submit import DEFAULT_EXCLUDES, SubmitConfig
-from dutrain.submit import (CONFIG_DIR, auth_token, entrypoint, entrypoint_resources, job_env,
-                            job_overrides, parse_argv, resolve_address, stage_working_dir)
+from dutrain.submit import (
+    CONFIG_DIR,
+    auth_token,
+    entrypoint,
+    entrypoint_resources,
+    job_env,
+    job_overrides,
+    parse_argv,
+    resolve_address,
+    stage_working_dir,
+)
 
 
 def test_parse_argv_splits_submit_flags_from_the_verb_and_its_overrides():

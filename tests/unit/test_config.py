@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from dutrain.config import (VERBS, ConfigError, TrackingConfig, load_config, redacted, replace,
-                            scrub)
+from dutrain.config import VERBS, ConfigError, TrackingConfig, load_config, redacted, replace, scrub
 from dutrain.config.core import FrozenConfigError, configclass, option
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dutrain.data.plan import (PlanError, derive_seed, ood_rows, plan_crops, plan_shards,
-                               shard_name, split_of)
+from dutrain.data.plan import (
+    PlanError,
+    derive_seed,
+    ood_rows,
+    plan_crops,
+    plan_shards,
+    shard_name,
+    split_of,
+)
 
 
 def sources(n: int, val: float = 0.1, test: float = 0.3) -> dict[str, str]:

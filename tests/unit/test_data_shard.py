@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from dutrain.io.dataset import COLUMNS, decode_png
 from dutrain.data.plan import Crop
 from dutrain.data.shard import SCHEMA, crop_box, crop_rows, write_rows
 from dutrain.degrade import apply_chain
+from dutrain.io.dataset import COLUMNS, decode_png
 from dutrain.schema import canonical_json
 
 PARAMS = dict(image_size=32, seed=7, png_level=1, min_crop_std=0.0, clean_fraction=0.3,

@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dutrain.io.images import Rejected
+from dutrain.data.sources import (
+    BUILTIN_IMAGES,
+    SourceError,
+    list_sources,
+    load_builtin,
+    load_source,
+    read_bytes,
+    train_only,
+)
 from dutrain.degrade.procedural import SIZE, dead_leaves
-from dutrain.data.sources import (BUILTIN_IMAGES, SourceError, list_sources, load_builtin,
-                                  load_source, read_bytes, train_only)
+from dutrain.io.images import Rejected
 
 
 def img(path, size=(8, 8)):

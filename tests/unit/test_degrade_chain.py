@@ -8,8 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage import data
 
-from dutrain.degrade import (DEFAULT_TYPE_PROBS, REGISTRY, apply_chain, apply_operator, operator_rng,
-                             sample_chain, to_float, to_rgb_uint8, to_uint8)
+from dutrain.degrade import (
+    DEFAULT_TYPE_PROBS,
+    REGISTRY,
+    apply_chain,
+    apply_operator,
+    operator_rng,
+    sample_chain,
+    to_float,
+    to_rgb_uint8,
+    to_uint8,
+)
 from dutrain.schema import TAXONOMY, TYPES, AnnotationError, canonicalize
 
 

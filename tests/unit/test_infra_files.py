@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_cluster_secrets import literal_secrets, shipped_files
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from dutrain.evaluate.metrics import (EXTRA, MISSED, by_source, confusion, confusion_labels,
-                                      score_sample, source_of, split_metrics)
+from dutrain.evaluate.metrics import (
+    EXTRA,
+    MISSED,
+    by_source,
+    confusion,
+    confusion_labels,
+    score_sample,
+    source_of,
+    split_metrics,
+)
 from dutrain.evaluate.predictions import parse_lines
 from dutrain.evaluate.report import markdown_report, summary_table
 from dutrain.schema import render_answer

@@ -12,8 +12,15 @@ from hypothesis import strategies as st
 
 import dutrain.rewards.structured as structured
 from dutrain.degrade import sample_chain
-from dutrain.rewards import (COMPONENTS, format_reward, key_reward, read_answer, score,
-                             type_reward, value_reward)
+from dutrain.rewards import (
+    COMPONENTS,
+    format_reward,
+    key_reward,
+    read_answer,
+    score,
+    type_reward,
+    value_reward,
+)
 from dutrain.schema import TAXONOMY, TYPES, canonical_json, render_answer
 
 CLEAN = {"degradations": []}

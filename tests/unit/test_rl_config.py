@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dutrain.config import ConfigError, VERBS, load_config
+from dutrain.config import VERBS, ConfigError, load_config
 from dutrain.config.rl import RLConfig
 from dutrain.errors import UserError
 

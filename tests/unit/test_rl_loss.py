@@ -10,8 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dutrain.rl.loss import (group_advantages, grpo_token_loss, k3_kl, token_logprobs,
-                             token_weights)
+from dutrain.rl.loss import group_advantages, grpo_token_loss, k3_kl, token_logprobs, token_weights
 
 
 def test_group_advantages_center_and_scale():

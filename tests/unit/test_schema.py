@@ -3,10 +3,21 @@
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dutrain.schema import (STAGE_NAMES, TAXONOMY, TYPES, AnnotationError, answer_json_schema,
-                            canonical_json, canonicalize, param_spec, parse_answer, render_answer)
+from dutrain.schema import (
+    STAGE_NAMES,
+    TAXONOMY,
+    TYPES,
+    AnnotationError,
+    answer_json_schema,
+    canonical_json,
+    canonicalize,
+    param_spec,
+    parse_answer,
+    render_answer,
+)
 
 
 @st.composite
