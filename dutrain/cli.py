@@ -29,7 +29,8 @@ def _main_help() -> str:
     lines += [f"  {name:<{width}}  {v.help}" for name, v in VERBS.items()]
     lines += ["", "Config: defaults ← --config FILE.yaml ← key=value overrides (dotted keys, YAML "
                   "values, e.g. sources=[builtin,/data/imgs] tracking.uri=http://127.0.0.1:5000).",
-              "Secrets (AWS_*, MLFLOW_TRACKING_TOKEN, RAY_AUTH_TOKEN) come from the environment only.",
+              "Secrets (AWS_*, MLFLOW_TRACKING_TOKEN, RAY_AUTH_TOKEN) come from the environment "
+              "only.",
               "", "exit codes (every verb):"]
     lines += [f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()]
     return "\n".join(lines)

@@ -21,7 +21,8 @@ EXIT_INTERRUPTED = 130  #: Ctrl-C (SIGINT); finished work is kept, a rerun resum
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_FAILED: "the work failed (a bug or a crashed worker/job; the traceback or job log says why)",
+    EXIT_FAILED: "the work failed (a bug or a crashed worker/job; the traceback or job log says "
+                 "why)",
     EXIT_USER: "a user error: bad config, path, file, unreachable service or full disk (one "
                "line says which)",
     EXIT_STOPPED: "submit: the job was stopped",

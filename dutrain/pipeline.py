@@ -87,13 +87,15 @@ def plan(cfg: PipelineConfig) -> list[StageJob]:
     jobs: list[StageJob] = []
     for stage in cfg.stages:
         if stage == "generate":
-            jobs.append(StageJob(stage, "generate", "generate", _stage_cfg(cfg, stage, output=data)))
+            jobs.append(StageJob(stage, "generate", "generate",
+                                 _stage_cfg(cfg, stage, output=data)))
         elif stage == "sft":
             jobs.append(StageJob(stage, "sft", "sft", _stage_cfg(
                 cfg, stage, dataset=data, output=store(cfg, "sft"))))
         elif stage == "rl":
             jobs.append(StageJob(stage, "rl", "rl", _stage_cfg(
-                cfg, stage, dataset=data, model=checkpoint_of(cfg, "sft"), output=store(cfg, "rl"))))
+                cfg, stage, dataset=data, model=checkpoint_of(cfg, "sft"),
+                output=store(cfg, "rl"))))
         elif stage == "eval":
             systems = [model] + list(cfg.baselines)
             for system in systems:
@@ -266,7 +268,8 @@ def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
             for split in ("test", "ood"):
                 if f"{split}/type_f1" in m:
                     metrics_rows.append(
-                        f"{label:<10} {split:<5} {m.get(f'{split}/format_valid', float('nan')):>7.3f} "
+                        f"{label:<10} {split:<5} "
+                        f"{m.get(f'{split}/format_valid', float('nan')):>7.3f} "
                         f"{m.get(f'{split}/type_f1', float('nan')):>7.3f} "
                         f"{m.get(f'{split}/type_exact', float('nan')):>7.3f} "
                         f"{m.get(f'{split}/value_nmae', float('nan')):>7.3f}")
@@ -277,7 +280,8 @@ def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
         m = json.loads(restore.read_text())
         psnr = {k: v for k, v in m.items() if k.count("/") == 2 and "/psnr/" in k}  # not per type
         if psnr:
-            lines += ["", "restoration PSNR (dB): " + ", ".join(f"{k} {v:.2f}" for k, v in psnr.items())]
+            lines += ["", "restoration PSNR (dB): "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in psnr.items())]
     uri = tracking_uri(cfg.tracking.uri)
     lines += ["", f"outputs under {cfg.workdir}/ (data, sft, rl, eval, restore, compare)"]
     if uri.startswith("sqlite:///"):

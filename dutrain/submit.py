@@ -379,7 +379,8 @@ def submit(req: Request, cfg: SubmitConfig, err: TextIO) -> tuple[Any, str]:
               f"({n_bytes / 1e6:.1f} MB) from {src or 'no working dir'}"
               f"{' + the dutrain package' if 'py_modules' in runtime_env else ''}; "
               f"env: {', '.join(sorted(env_vars))}"
-              f"{'; ' + ', '.join(f'{k}={v:g}' for k, v in resources.items()) if resources else ''}",
+              + (f"; {', '.join(f'{k}={v:g}' for k, v in resources.items())}"
+                 if resources else ""),
               file=err)
         print(f"dutrain submit: entrypoint: {command}", file=err)
         job_id = client.submit_job(entrypoint=command, runtime_env=runtime_env,

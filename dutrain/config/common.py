@@ -41,7 +41,8 @@ class RayConfig:
 
 @configclass
 class RewardWeights:
-    """Weights of the reward `total` (docs/design.md §6); the defaults, `DEFAULT_WEIGHTS`, sum to 1."""
+    """Weights of the reward `total` (docs/design.md §6); the defaults, `DEFAULT_WEIGHTS`, sum
+    to 1."""
 
     format: float = option(DEFAULT_WEIGHTS["format"], "weight of the format component", min=0)
     type: float = option(DEFAULT_WEIGHTS["type"], "weight of the type component", min=0)
@@ -63,6 +64,7 @@ class GenerationConfig:
     max_tokens: int = option(384, "completion length limit (tokens)", min=1)
     temperature: float = option(0.0, "sampling temperature (0 = greedy)", min=0)
     structured: bool = option(False, "constrain decoding to the answer grammar")
-    dtype: str = option("float32", "engine dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    dtype: str = option("float32", "engine dtype",
+                        choices=("float32", "bfloat16", "float16", "auto"))
     max_model_len: int = option(1024, "engine context length (tokens)", min=64)
     seed: int = option(0, "sampling seed")

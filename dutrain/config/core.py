@@ -82,7 +82,8 @@ def _unknown_key_error(key: str, cls: type, verb: str) -> ConfigError:
     return ConfigError(f"unknown key '{key}' for '{verb}'{hint}; allowed keys: {', '.join(known)}")
 
 
-def _check_keys(data: Any, cls: type, verb: str, prefix: str = "", root: type | None = None) -> None:
+def _check_keys(data: Any, cls: type, verb: str, prefix: str = "",
+                root: type | None = None) -> None:
     root = root or cls
     if not isinstance(data, dict):
         raise ConfigError(f"'{prefix.rstrip('.') or verb}' must be a mapping of keys to values, "
@@ -132,7 +133,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{p}' must hold a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"config file '{p}' must hold a mapping of keys, "
+                          f"got {type(data).__name__}")
     return data
 
 
@@ -188,7 +190,8 @@ def _validate_fields(obj: Any, prefix: str = "") -> None:
         hook()
 
 
-def _omegaconf_error(exc: OmegaConfBaseException, cls: type, merged_from: dict[str, Any]) -> ConfigError:
+def _omegaconf_error(exc: OmegaConfBaseException, cls: type,
+                     merged_from: dict[str, Any]) -> ConfigError:
     key = getattr(exc, "full_key", None) or ""
     value = _lookup(merged_from, key)
     f, tp = _field_for(cls, key)
@@ -234,7 +237,8 @@ def load_config(cls: type[T], config_file: str | os.PathLike | None = None,
     if config_file:
         layers.append(read_yaml(config_file))
     if overrides:
-        layers.append(parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides))
+        layers.append(parse_overrides(overrides) if isinstance(overrides, list)
+                      else dict(overrides))
     expand = getattr(cls, "expand_layers", None)
     if callable(expand):  # e.g. the pipeline puts each stage's own YAML under its section
         layers = expand(layers)
@@ -321,14 +325,16 @@ def help_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         doc = meta.get("doc", "")
         if meta.get("choices"):
             doc += f" [{' | '.join(str(c) for c in meta['choices'])}]"
-        rows.append((key, yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n...")
-                     if not isinstance(default, str) else repr(default), doc))
+        shown = (repr(default) if isinstance(default, str) else
+                 yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n..."))
+        rows.append((key, shown, doc))
     return rows
 
 
 def _frozen_setattr(self: Any, name: str, value: Any) -> None:
     if getattr(self, "_frozen", False):
-        raise FrozenConfigError(f"config is frozen: cannot set '{name}' (use dutrain.config.replace)")
+        raise FrozenConfigError(f"config is frozen: cannot set '{name}' "
+                                f"(use dutrain.config.replace)")
     object.__setattr__(self, name, value)
 
 

@@ -72,7 +72,8 @@ class GenerateConfig:
         if self.type_probs is not None:
             bad = [t for t in self.type_probs if t not in TYPES]
             if bad:
-                raise ConfigError(f"bad key(s) in 'type_probs': {bad} (allowed: {', '.join(TYPES)})")
+                raise ConfigError(f"bad key(s) in 'type_probs': {bad} "
+                                  f"(allowed: {', '.join(TYPES)})")
             if any(not (v >= 0) for v in self.type_probs.values()) or \
                     sum(self.type_probs.values()) <= 0:
                 raise ConfigError(f"bad value for 'type_probs': {dict(self.type_probs)} (allowed: "

@@ -34,8 +34,9 @@ class PipelineConfig:
     stages: list[str] = option(default_factory=lambda: list(PIPELINE_STAGES),
                                doc=f"stages to run, in order (subset of "
                                    f"{', '.join(PIPELINE_STAGES)})")
-    force: list[str] = option(default_factory=list, doc="stages to redo even if complete (later "
-                                                        "stages that depend on them are redone too)")
+    force: list[str] = option(default_factory=list,
+                              doc="stages to redo even if complete (later stages that depend on "
+                                  "them are redone too)")
     stage_configs: dict[str, str] = option(default_factory=dict, doc="stage → YAML file applied as "
                                            "the base of that stage's section")
     baselines: list[str] = option(default_factory=lambda: ["baseline:prior", "baseline:classical"],

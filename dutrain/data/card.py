@@ -112,7 +112,8 @@ def render_preview(rows: list[dict[str, Any]], cell: int = 160, columns: int = 3
         x = 10 + (i % columns) * (pair_w + 10)
         y = 10 + (i // columns) * (pair_h + 10)
         for j, key in enumerate(("clean", "degraded")):
-            im = Image.fromarray(decode_png(row[key])).resize((cell, cell), Image.Resampling.NEAREST)
+            im = Image.fromarray(decode_png(row[key])).resize((cell, cell),
+                                                              Image.Resampling.NEAREST)
             sheet.paste(im, (x + j * (cell + 6), y))
         lines: list[str] = []
         for part in caption(row["sample_id"], row["split"], row["annotation"]).split("\n"):

@@ -90,7 +90,8 @@ class Root:
     def names(self) -> list[str]:
         self.fs.invalidate_cache()  # s3fs caches listings; workers write behind its back
         try:
-            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.base, detail=False))
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1]
+                          for p in self.fs.ls(self.base, detail=False))
         except FileNotFoundError:
             return []
 
@@ -320,7 +321,8 @@ def write_card_and_preview(root: Root, cfg: GenerateConfig, plan: dict[str, Any]
         "value_histograms": stats["value_histograms"],
         "sources": {"listed": plan["listed"], "used": len(plan["sources"]),
                     "rejected": len(plan["rejects"]),
-                    "per_split": {s: src_split[s] for s in ("train", "val", "test") if s in src_split},
+                    "per_split": {s: src_split[s] for s in ("train", "val", "test")
+                                  if s in src_split},
                     "conversions": dict(sorted(conversions.items()))},
         "rejects": plan["rejects"],
         "files": [{"name": s["name"], "rows": s["rows"]} for s in plan["shards"]],
@@ -399,7 +401,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
             if todo else []
         gen_s = time.perf_counter() - t_gen
         root.remove(TMP_DIR)
-        missing = [s["name"] for s in plan["shards"] if s["name"] not in complete_shards(root, plan)]
+        missing = [s["name"] for s in plan["shards"]
+                   if s["name"] not in complete_shards(root, plan)]
         if missing:
             raise GenerateError(f"{len(missing)} part files missing after the run "
                                 f"({', '.join(missing[:3])}…); run again to finish them")
@@ -410,7 +413,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
                   "shards_written": len(results), "shards_skipped": len(done),
                   "rows_per_s": round(rows_written / gen_s, 2) if rows_written else None,
                   "cluster_cpus": cpus,
-                  "rows_per_s_per_cpu": round(rows_written / gen_s / cpus, 2) if rows_written else None,
+                  "rows_per_s_per_cpu": (round(rows_written / gen_s / cpus, 2) if rows_written
+                                         else None),
                   "task_s_per_row": round(sum(r["seconds"] for r in results) / rows_written, 5)
                   if rows_written else None,
                   "task_cpu_s_per_row": round(sum(r["cpu_seconds"] for r in results)

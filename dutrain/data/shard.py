@@ -1,4 +1,5 @@
-"""One shard of `generate`: load its sources, cut crops, degrade, encode PNG, write one Parquet file.
+"""One shard of `generate`: load its sources, cut crops, degrade, encode PNG, write one Parquet
+file.
 
 A shard is the unit of work, retry and resume. Its file appears only when complete: locally it
 is written under ``_tmp/`` and renamed; on S3 an object becomes visible only when its upload
@@ -105,7 +106,8 @@ def shard_rows(crops: list[Crop], uris: dict[str, str], params: dict[str, Any],
                 check_size(image, params["image_size"])
             except Rejected as exc:
                 raise SourceChanged(f"source {crop.source_id!r} passed the probe but now fails: "
-                                    f"{exc}; restore it or regenerate with overwrite=true") from None
+                                    f"{exc}; restore it or regenerate with overwrite=true"
+                                    ) from None
             cur_id = crop.source_id
         yield from crop_rows(image, crop, params)  # type: ignore[arg-type]
 

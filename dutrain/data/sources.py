@@ -113,7 +113,8 @@ def list_one(spec: str, storage: Any = None) -> list[SourceRef]:
     except ValueError as exc:
         raise SourceError(str(exc)) from None
     if procedural is not None:
-        return [SourceRef(f"{DEAD_LEAVES}/{i:05d}", f"{DEAD_LEAVES}:{i}") for i in range(procedural)]
+        return [SourceRef(f"{DEAD_LEAVES}/{i:05d}", f"{DEAD_LEAVES}:{i}")
+                for i in range(procedural)]
     if spec.startswith("s3://"):
         if not spec.endswith(".txt"):  # a missing bucket, credentials, endpoint: one line
             existing_dir("sources", spec, storage, "an s3:// prefix of images")
@@ -143,9 +144,9 @@ def list_sources(specs: Iterable[str], storage: Any = None) -> list[SourceRef]:
                               f"{', '.join(IMAGE_EXTENSIONS)})")
         for r in found:
             if r.source_id in seen:
-                raise SourceError(f"source_id {r.source_id!r} comes from both {seen[r.source_id]!r} "
-                                  f"and {spec!r}; source ids must be unique (rename a folder or "
-                                  f"drop a source)")
+                raise SourceError(f"source_id {r.source_id!r} comes from both "
+                                  f"{seen[r.source_id]!r} and {spec!r}; source ids must be unique "
+                                  f"(rename a folder or drop a source)")
             seen[r.source_id] = spec
             refs.append(r)
     return sorted(refs, key=lambda r: r.source_id)

@@ -29,7 +29,8 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
                          f"(convert floats with np.rint(x * 255).astype(np.uint8))")
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or image.shape[0] < 1 or image.shape[1] < 1:
+    if (image.ndim != 3 or image.shape[2] not in (1, 3, 4)
+            or image.shape[0] < 1 or image.shape[1] < 1):
         raise ValueError(f"image must be a {ALLOWED_INPUT}; got shape {image.shape}")
     c = image.shape[2]
     if c == 1:

@@ -65,7 +65,8 @@ def apply_operator(image: np.ndarray, type_name: str, params: Mapping[str, Any],
     if not (isinstance(image, np.ndarray) and image.dtype == np.float32 and image.ndim == 3
             and image.shape[2] == 3):
         raise ValueError("apply_operator needs a float32 HxWx3 image in [0, 1]; got "
-                         f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
+                         f"{getattr(image, 'dtype', type(image).__name__)} "
+                         f"{getattr(image, 'shape', '')}")
     d = canonicalize({"degradations": [{"type": type_name, "params": dict(params)}]}, snap=True)
     entry = d["degradations"][0]
     return np.clip(REGISTRY[entry["type"]](image, entry["params"], rng), 0, 1).astype(np.float32)

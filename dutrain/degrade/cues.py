@@ -66,7 +66,8 @@ def _noise(rgb: np.ndarray, g: np.ndarray) -> float:
     gx = ndi.sobel(g, axis=1)[1:-1, 1:-1]
     flat = np.hypot(gx, gy)
     flat = flat <= np.percentile(flat, 80)
-    sig = [np.abs(ndi.correlate(rgb[:, :, c], _IMMERKAER)[1:-1, 1:-1][flat]).mean() for c in range(3)]
+    sig = [np.abs(ndi.correlate(rgb[:, :, c], _IMMERKAER)[1:-1, 1:-1][flat]).mean()
+           for c in range(3)]
     return float(np.sqrt(np.pi / 2) / 6 * np.mean(sig))
 
 

@@ -8,4 +8,5 @@ import numpy as np
 
 
 def low_light(img: np.ndarray, params: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
-    return (np.float32(params["exposure"]) * np.power(img, np.float32(params["gamma"]))).astype(np.float32)
+    out = np.float32(params["exposure"]) * np.power(img, np.float32(params["gamma"]))
+    return out.astype(np.float32)

@@ -48,7 +48,8 @@ def dead_leaves(index: int, size: int = SIZE, disks: int = 6000) -> np.ndarray:
         if y0 >= y1 or x0 >= x1:
             continue
         inside = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
-        img[y0:y1, x0:x1][inside] = np.full(3, rng.uniform()) if grey else rng.uniform(0, 1, 3) ** 1.5
+        img[y0:y1, x0:x1][inside] = (np.full(3, rng.uniform()) if grey
+                                     else rng.uniform(0, 1, 3) ** 1.5)
     texture = gaussian_filter(rng.standard_normal((size, size)), rng.uniform(0.8, 3))[..., None]
     img = img + rng.uniform(0, 0.04) * texture / (texture.std() + 1e-9)
     img = gaussian_filter(img, (rng.uniform(0.3, 1.2),) * 2 + (0,))

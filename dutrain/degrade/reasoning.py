@@ -31,7 +31,8 @@ _EVIDENCE: dict[str, tuple[tuple[str, ...], str]] = {
     "poisson_noise": (("noise", "brightness"), "poisson noise"),
     "jpeg": (("blockiness",), "jpeg compression"),
 }
-_EXTRA = {"haze_gradient": ("top-bottom haze gradient", 2, ""), "streaks": ("bright streak share", 1, "%")}
+_EXTRA = {"haze_gradient": ("top-bottom haze gradient", 2, ""),
+          "streaks": ("bright streak share", 1, "%")}
 _LABELS = {c: (label, dec, unit) for c, label, dec, unit in _CORE} | _EXTRA
 
 
@@ -48,7 +49,8 @@ def _cue(cues: Mapping[str, float], name: str) -> str:
 def write_reasoning(cues: Mapping[str, float], annotation: Any) -> str:
     """Deterministic reasoning text for `annotation` citing the numbers in `cues`."""
     ann = canonicalize(annotation)
-    needed = {c for c, *_ in _CORE} | {c for d in ann["degradations"] for c in _EVIDENCE[d["type"]][0]}
+    needed = ({c for c, *_ in _CORE}
+              | {c for d in ann["degradations"] for c in _EVIDENCE[d["type"]][0]})
     missing = sorted(needed - set(cues))
     if missing:
         raise ValueError(f"cues lack {missing}; measure them with dutrain.degrade.measure_cues")

@@ -172,7 +172,8 @@ class ClassicalBaseline:
             allx = np.concatenate(list(rows.values()))
             scale = np.maximum(allx.std(axis=0), 1e-9)
             cal["types"][str(stage)] = {"features": list(feats), "scale": scale.tolist(),
-                                        "means": {t: r.mean(axis=0).tolist() for t, r in rows.items()}}
+                                        "means": {t: r.mean(axis=0).tolist()
+                                                  for t, r in rows.items()}}
         for tk, feat in RAW.items():
             t, k = tk.split(".")
             p = TAXONOMY[t].param(k)

@@ -13,9 +13,9 @@ of floats, on which the classical baseline calibrates its thresholds and linear 
   ``noise_signal_share`` = b·128 / (a + b·128) (≈0 Gaussian, ≈1 Poisson). After a detected JPEG of
   quality < 70, ``noise_sigma_jpeg`` reads the noise from the quantized DCT instead
   (`jpeg_noise_estimate`); otherwise it equals ``noise_sigma``.
-- Haze: dark channel prior with the dataset's depth model d = 1 - y/(H-1): airlight ``haze_airlight``
-  from the brightest 0.1 % of the dark channel; per row t = 1 - D(y)/A; ``haze_beta`` fits
-  -ln t = beta·d through the origin.
+- Haze: dark channel prior with the dataset's depth model d = 1 - y/(H-1): airlight
+  ``haze_airlight`` from the brightest 0.1 % of the dark channel; per row t = 1 - D(y)/A;
+  ``haze_beta`` fits -ln t = beta·d through the origin.
 - Blur: ``edge_width`` (10-90 % width of strong edges, dutrain.degrade cues); directional
   derivative energy E(θ): ``anisotropy`` = min/max, ``motion_angle`` = argmin (motion along θ
   removes the derivative along θ); ``lsf_shape`` = (10-90 % width)/(contrast/peak slope) of edges

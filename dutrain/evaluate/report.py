@@ -15,7 +15,8 @@ from .metrics import STRENGTH_BANDS, Scored, confusion_labels
 SUMMARY_COLUMNS = (("n", "n", "{:.0f}"), ("format_valid", "format", "{:.3f}"),
                    ("type_exact", "type=", "{:.3f}"), ("type_f1", "type F1", "{:.3f}"),
                    ("key_acc", "key", "{:.3f}"), ("value_nmae", "nMAE", "{:.3f}"),
-                   ("value_within_1_step", "≤1 step", "{:.3f}"), ("reward/total", "total", "{:.3f}"))
+                   ("value_within_1_step", "≤1 step", "{:.3f}"),
+                   ("reward/total", "total", "{:.3f}"))
 
 
 def _cell(metrics: Mapping[str, float], key: str, fmt: str) -> str:
@@ -28,7 +29,11 @@ def summary_table(metrics: Mapping[str, float], splits: Sequence[str], system: s
     head = ["split", *[h for _, h, _ in SUMMARY_COLUMNS]]
     rows = [[s, *[_cell(metrics, f"{s}/{k}", f) for k, _, f in SUMMARY_COLUMNS]] for s in splits]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(r, widths)))
+
     return "\n".join([f"eval of {system}", line(head), line(["-" * w for w in widths]),
                       *[line(r) for r in rows]])
 
@@ -49,7 +54,8 @@ def markdown_report(system: str, dataset: str, splits: Sequence[str], metrics: M
                     sources: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None) -> str:
     """The report: headline table, per-type F1 and recall by strength, per-key nMAE, confusion
     matrices, per-source accuracy (`by_source`, when more than one source), notes, plots."""
-    md = [f"# Evaluation of `{system}`", "", f"Dataset: `{dataset}`; splits: {', '.join(splits)}.", "",
+    md = [f"# Evaluation of `{system}`", "",
+          f"Dataset: `{dataset}`; splits: {', '.join(splits)}.", "",
           "## Summary", "",
           _md_table(["split", *[h for _, h, _ in SUMMARY_COLUMNS]],
                     [[s, *[_cell(metrics, f"{s}/{k}", f) for k, _, f in SUMMARY_COLUMNS]]
@@ -72,8 +78,8 @@ def markdown_report(system: str, dataset: str, splits: Sequence[str], metrics: M
                                 for s in splits for b in STRENGTH_BANDS]] for t in banded]
                          + [["all types", *[_cell(metrics, f"{s}/type_recall_{b}", "{:.2f}")
                                             for s in splits for b in STRENGTH_BANDS]]]),
-               "", "A type missed mostly in its mild third is one the image barely shows; misses in "
-                   "the strong third are the model's.", ""]
+               "", "A type missed mostly in its mild third is one the image barely shows; "
+                   "misses in the strong third are the model's.", ""]
     keys = sorted({k.split("/", 2)[2] for k in metrics if "/value_nmae/" in k},
                   key=lambda tk: [f"{d.type}.{p.key}" for d in TAXONOMY.values()
                                   for p in d.params].index(tk))
@@ -96,7 +102,8 @@ def markdown_report(system: str, dataset: str, splits: Sequence[str], metrics: M
         if len(per) < 2:
             continue
         hardest = sorted(per, key=lambda k: (per[k]["type_exact"], k))[:MAX_SOURCE_ROWS]
-        shown = "" if len(per) <= MAX_SOURCE_ROWS else f", the {MAX_SOURCE_ROWS} hardest of {len(per)}"
+        shown = ("" if len(per) <= MAX_SOURCE_ROWS
+                 else f", the {MAX_SOURCE_ROWS} hardest of {len(per)}")
         md += [f"## Per source image ({s}{shown})", "",
                _md_table(["source", "n", "type=", "nMAE"],
                          [[k, f"{per[k]['n']:.0f}", f"{per[k]['type_exact']:.3f}",
@@ -175,7 +182,8 @@ def plot_values(scored: Sequence[Scored], split: str, path_values: Path, path_er
                 ax.set_ylabel("predicted")
             else:
                 err = [(b - a) / p.width if not p.period else
-                       (((b - a + p.period / 2) % p.period) - p.period / 2) / p.width for a, b in xy]
+                       (((b - a + p.period / 2) % p.period) - p.period / 2) / p.width
+                       for a, b in xy]
                 ax.axhline(0, color="grey", lw=0.8)
                 ax.scatter(true, err, s=10, alpha=0.7, color="tab:red")
                 ax.set_ylabel("error / width")

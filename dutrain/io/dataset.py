@@ -185,8 +185,9 @@ class Sample:
         )
 
 
-def iter_samples(root: str, splits: Iterable[str] | None = None, columns: Iterable[str] | None = None,
-                 limit: int | None = None, storage: Any = None) -> Iterator[Sample]:
+def iter_samples(root: str, splits: Iterable[str] | None = None,
+                 columns: Iterable[str] | None = None, limit: int | None = None,
+                 storage: Any = None) -> Iterator[Sample]:
     table = read_table(root, splits, columns or ("sample_id", "split", "seed", "degraded",
                                                   "annotation"), limit, storage)
     for batch in table.to_batches(max_chunksize=256):

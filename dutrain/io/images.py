@@ -71,7 +71,8 @@ def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
         raise Rejected("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            # our own pixel check below replaces Pillow's warning; its hard error stays as a backstop
+            # our own pixel check below replaces Pillow's warning; its hard error stays as a
+            # backstop
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             w, h = im.size

@@ -170,7 +170,8 @@ def answer_grammar() -> str:
 
 
 class VLLMEngine:
-    """One vLLM engine over a Qwen2-VL-family directory; prompts built by `dutrain.models.prompts`."""
+    """One vLLM engine over a Qwen2-VL-family directory; prompts built by
+    `dutrain.models.prompts`."""
 
     def __init__(self, model_dir: str | os.PathLike, dtype: str = "float32",
                  max_model_len: int = 1024, max_num_seqs: int = 16, seed: int = 0,
@@ -236,7 +237,8 @@ class VLLMEngine:
             params = [params.clone() for _ in seeds]
             for p, s in zip(params, seeds):
                 p.seed = int(s)
-        reqs = [{"prompt": self._prompt, "multi_modal_data": {"image": to_pil(im)}} for im in images]
+        reqs = [{"prompt": self._prompt, "multi_modal_data": {"image": to_pil(im)}}
+                for im in images]
         outs = self.llm.generate(reqs, params, use_tqdm=False)
         result = []
         for o in outs:

@@ -102,7 +102,8 @@ class TinySpec:
                              f"head_dim/2 = {head_dim // 2} (hidden_size / num_heads / 2)")
         if self.num_heads % self.num_kv_heads:
             raise ValueError("tiny model: num_heads must be a multiple of num_kv_heads")
-        if self.vision_embed_dim % self.vision_heads or (self.vision_embed_dim // self.vision_heads) % 4:
+        if (self.vision_embed_dim % self.vision_heads
+                or (self.vision_embed_dim // self.vision_heads) % 4):
             raise ValueError("tiny model: vision_embed_dim / vision_heads must be a multiple of 4")
         if self.patch_init not in PATCH_INITS:
             raise ValueError(f"tiny model: patch_init {self.patch_init!r} unknown; allowed: "

@@ -141,7 +141,8 @@ class KeyMatch:
         return min(1.0, p.distance(self.pred, self.true) / p.width)
 
 
-def key_matches(answer: str | Answer, reference: Mapping[str, Any] | str) -> tuple[list[KeyMatch], int]:
+def key_matches(answer: str | Answer,
+                reference: Mapping[str, Any] | str) -> tuple[list[KeyMatch], int]:
     """(true keys of the matched types with their predicted values, number of extra keys answered).
 
     Extra keys are keys a matched type does not have, or that carry a non-number.
@@ -168,7 +169,8 @@ def format_reward(answer: str | Answer, reference: Mapping[str, Any] | str | Non
 
     >>> format_reward('<think>flat, sharp</think>\\n<answer>{"degradations": []}</answer>')
     1.0
-    >>> format_reward('<answer>{"degradations": [{"type": "jpeg", "params": {"quality": 35.5}}]}</answer>')
+    >>> format_reward('<answer>{"degradations": [{"type": "jpeg", '
+    ...               '"params": {"quality": 35.5}}]}</answer>')
     0.0
     """
     return 1.0 if _as_answer(answer).valid else 0.0

@@ -52,7 +52,8 @@ class RolloutWorker:
         seeds = [seed + p * n + g for p in prompts["prompt"] for g in range(n)]
         t0 = time.perf_counter()
         outs = self.engine.generate(rows["image"], n=1,
-                                    temperature=0.0 if greedy else c.temperature, top_p=c.top_p, max_tokens=c.max_tokens, logprobs=not greedy,
+                                    temperature=0.0 if greedy else c.temperature, top_p=c.top_p,
+                                    max_tokens=c.max_tokens, logprobs=not greedy,
                                     seed=seeds, structured=c.structured,
                                     allowed_token_ids=self.allowed)
         seconds = time.perf_counter() - t0

@@ -28,6 +28,7 @@ from .taxonomy import (
 __all__ = [
     "Annotation", "AnnotationError", "Degradation", "canonical_json", "canonicalize",
     "check_annotation", "clean_annotation", "is_clean", "types_of", "ParseResult",
-    "answer_json_schema", "parse_answer", "render_answer", "CLEAN", "SPLITS", "STAGE_NAMES", "TAXONOMY", "TYPES",
+    "answer_json_schema", "parse_answer", "render_answer", "CLEAN", "SPLITS", "STAGE_NAMES",
+    "TAXONOMY", "TYPES",
     "DegradationSpec", "ParamSpec", "all_keys", "param_spec", "spec",
 ]

@@ -141,12 +141,13 @@ def canonical_json(annotation: Any) -> str:
     >>> canonical_json({"degradations": [{"type": "jpeg", "params": {"quality": 35}},
     ...                                  {"type": "gaussian_blur", "params": {"sigma": 1.7}}]})
     '{"degradations": [{"type": "gaussian_blur", "params": {"sigma": 1.7}}, {"type": "jpeg", "params": {"quality": 35}}]}'
-    """
+    """  # noqa: E501 - a doctest's expected output is one line
     ann = canonicalize(annotation)
     entries = []
     for d in ann["degradations"]:
         spec = TAXONOMY[d["type"]]
-        params = ", ".join(f"{json.dumps(p.key)}: {p.format(d['params'][p.key])}" for p in spec.params)
+        params = ", ".join(f"{json.dumps(p.key)}: {p.format(d['params'][p.key])}"
+                           for p in spec.params)
         entries.append(f'{{"type": {json.dumps(d["type"])}, "params": {{{params}}}}}')
     return '{"degradations": [' + ", ".join(entries) + "]}"
 

@@ -41,10 +41,12 @@ class ParseResult:
 def render_answer(annotation: Any, reasoning: str) -> str:
     """The target text for one sample: reasoning in <think>, canonical JSON in <answer>."""
     reasoning = str(reasoning).replace(THINK_CLOSE, "").replace(ANSWER_OPEN, "")
-    return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n{ANSWER_OPEN}{canonical_json(annotation)}{ANSWER_CLOSE}"
+    return (f"{THINK_OPEN}{reasoning}{THINK_CLOSE}\n"
+            f"{ANSWER_OPEN}{canonical_json(annotation)}{ANSWER_CLOSE}")
 
 
-def _block(text: str, open_tag: str, close_tag: str, start: int = 0) -> tuple[str | None, int, list[str]]:
+def _block(text: str, open_tag: str, close_tag: str,
+           start: int = 0) -> tuple[str | None, int, list[str]]:
     """Content between the first open tag at/after `start` and the next close tag."""
     i = text.find(open_tag, start)
     if i < 0:

@@ -190,7 +190,8 @@ _TYPES = [
         P("scale", "factor", "linear down-sampling factor", (0.25, 0.9), (0.15, 0.25), 0.05),
     ), strength=("scale", -1)),
     DegradationSpec("gaussian_noise", 6, "sensor", "Additive white Gaussian noise.", (
-        P("sigma", "DN (0-255)", "noise standard deviation on the 0-255 scale", (2, 50), (50, 75), 1),
+        P("sigma", "DN (0-255)", "noise standard deviation on the 0-255 scale", (2, 50), (50, 75),
+          1),
     ), strength=("sigma", 1)),
     DegradationSpec("poisson_noise", 6, "sensor", "Photon shot noise.", (
         P("peak", "photons", "photon count at white", (10, 200), (3, 10), 5, fine_below=10,
@@ -214,7 +215,8 @@ def spec(type_name: str) -> DegradationSpec:
     try:
         return TAXONOMY[type_name]
     except KeyError:
-        raise KeyError(f"unknown degradation type {type_name!r}; known: {', '.join(TYPES)}") from None
+        raise KeyError(f"unknown degradation type {type_name!r}; "
+                       f"known: {', '.join(TYPES)}") from None
 
 
 def param_spec(type_name: str, key: str) -> ParamSpec:

@@ -25,7 +25,8 @@ from dutrain.schema import render_answer
 TARGETS = ("reasoning", "answer")
 
 
-def make_target(degraded_png: bytes, annotation: dict[str, Any] | str, mode: str = "reasoning") -> str:
+def make_target(degraded_png: bytes, annotation: dict[str, Any] | str,
+                mode: str = "reasoning") -> str:
     """The assistant text for one sample (`mode` 'answer' leaves the reasoning empty)."""
     ann = json.loads(annotation) if isinstance(annotation, str) else annotation
     if mode == "answer":

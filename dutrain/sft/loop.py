@@ -51,7 +51,8 @@ def lr_factor(step: int, warmup: int, total: int, floor: float) -> float:
 
 
 def param_groups(model: Any, lr: float, vision_scale: float) -> list[dict[str, Any]]:
-    """AdamW groups: the vision tower (`visual.` parameters) at lr × vision_scale, the rest at lr."""
+    """AdamW groups: the vision tower (`visual.` parameters) at lr × vision_scale, the rest at
+    lr."""
     vision, rest = [], []
     for name, p in model.named_parameters():
         (vision if ".visual." in f".{name}" else rest).append(p)

@@ -50,7 +50,8 @@ class Comparison:
         out = []
         for r in self.runs:
             p, m = r.data.params, r.data.metrics
-            out.append([r.info.run_name or "", r.info.run_id[:8], r.data.tags.get("dutrain.stage", ""),
+            out.append([r.info.run_name or "", r.info.run_id[:8],
+                        r.data.tags.get("dutrain.stage", ""),
                         *[p.get(k, "–") for k in self.params],
                         *[_num(m.get(k)) for k in self.metrics]])
         return out
@@ -58,7 +59,8 @@ class Comparison:
     def markdown(self) -> str:
         head = self.header()
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in self.rows()]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |"
+                  for row in self.rows()]
         return "\n".join(lines)
 
     def csv(self) -> str:
@@ -74,7 +76,10 @@ class Comparison:
     def text(self) -> str:
         table = [self.header(), *self.rows()]
         widths = [min(40, max(len(row[i]) for row in table)) for i in range(len(table[0]))]
-        fmt = lambda row: "  ".join(c[:w].ljust(w) for c, w in zip(row, widths))
+
+        def fmt(row: Sequence[str]) -> str:
+            return "  ".join(c[:w].ljust(w) for c, w in zip(row, widths))
+
         return "\n".join([fmt(table[0]), fmt(["-" * w for w in widths]), *map(fmt, table[1:])])
 
 
@@ -125,7 +130,8 @@ def select_runs(client: Any, experiment_ids: Sequence[str], runs: Sequence[str] 
         except Exception as exc:
             raise CompareError(f"bad run selector {where!r}: {exc}") from None
         ids = {h.info.run_id for h in hits}
-        found = {i: r for i, r in named.items() if i in ids} if runs else {h.info.run_id: h for h in hits}
+        found = ({i: r for i, r in named.items() if i in ids} if runs
+                 else {h.info.run_id: h for h in hits})
         if not found:
             raise CompareError(f"no runs matched {where}"
                                + (f" among {list(runs)}" if runs else ""))
@@ -157,7 +163,8 @@ def choose_metrics(runs: Sequence[Any], wanted: Sequence[str] = (), limit: int =
         head, _, tail = k.partition("/")
         return tail if head in SPLITS and tail else k
 
-    headline = sorted((k for k in have if name(k) in HEADLINE), key=lambda k: (HEADLINE.index(name(k)), k))
+    headline = sorted((k for k in have if name(k) in HEADLINE),
+                      key=lambda k: (HEADLINE.index(name(k)), k))
     return (headline or sorted(have))[:limit]
 
 

@@ -50,7 +50,8 @@ def is_rank_zero() -> bool:
 class Tracker:
     """A handle on one MLflow run; every method is a no-op when tracking is off."""
 
-    def __init__(self, client: Any = None, run_id: str | None = None, artifact_uri: str | None = None):
+    def __init__(self, client: Any = None, run_id: str | None = None,
+                 artifact_uri: str | None = None):
         self._client = client
         self.run_id = run_id
         self.artifact_uri = artifact_uri
@@ -144,7 +145,8 @@ def stage_run(cfg: Any, stage: str, *, run_name: str | None = None,
     exp_name = getattr(tcfg, "experiment", "dutrain")
     exp = client.get_experiment_by_name(exp_name)
     exp_id = exp.experiment_id if exp else _create_experiment(client, exp_name)
-    name = run_name or getattr(tcfg, "run_name", None) or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = (run_name or getattr(tcfg, "run_name", None)
+            or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
     all_tags = {"dutrain.stage": stage, MLFLOW_RUN_NAME: name}
     parent = os.environ.get(PARENT_ENV)
     if parent and stage != "pipeline":
