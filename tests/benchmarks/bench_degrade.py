@@ -44,7 +44,8 @@ def main() -> None:
         out.setdefault("params", {})[t] = params
     rng = np.random.default_rng(0)
     out["ms"]["chain (random train, clean_fraction=0)"] = median_ms(
-        lambda: apply_chain(img, sample_chain(rng, "train", clean_fraction=0.0), int(rng.integers(2**31))),
+        lambda: apply_chain(img, sample_chain(rng, "train", clean_fraction=0.0),
+                            int(rng.integers(2**31))),
         args.repeats * 2)
     out["ms"]["measure_cues 512x512"] = median_ms(lambda: measure_cues(img), args.repeats)
     crop = np.ascontiguousarray(img[::4, ::4])

@@ -71,7 +71,8 @@ def ray_run(cfg: GenerateConfig) -> dict:
     t0 = time.perf_counter()
     card = generate(cfg).card
     t = card["timing"]
-    return {"rows_per_s": t["rows_per_s"], "rows_per_task_cpu_s": round(1 / t["task_cpu_s_per_row"], 2),
+    return {"rows_per_s": t["rows_per_s"],
+            "rows_per_task_cpu_s": round(1 / t["task_cpu_s_per_row"], 2),
             "generate_s": t["generate_s"], "probe_s": t["probe_s"],
             "wall_s": round(time.perf_counter() - t0, 2)}
 
@@ -135,7 +136,8 @@ def main() -> None:
         "ray_overhead_vs_loop": round(1 - r1 / a_wall, 3),
         "parallel_efficiency_2cpu": round(eff, 3),
         "rows_per_s_per_core": round(r2 / 2, 2),
-        "du110k_minutes_on_64_cores_extrapolated": round(110_000 / (r1 * 64 * min(eff, 1.0)) / 60, 1),
+        "du110k_minutes_on_64_cores_extrapolated":
+            round(110_000 / (r1 * 64 * min(eff, 1.0)) / 60, 1),
         "png_levels_512": levels,
     }, indent=1))
 

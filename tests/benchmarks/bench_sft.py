@@ -189,7 +189,8 @@ def bench_gpu_3b(steps: int = 10, batch: int = 8) -> dict:
     tokens = batch * (n_img + n_txt)
     flops = 6 * n_params * tokens * (4 / 3)  # 6N per token, +1/3 for recomputed activations
     peak = 989e12  # H100/H200 SXM dense bf16 peak
-    return {"device": torch.cuda.get_device_name(), "params": n_params, "s_per_step": s, "tokens_per_s": tokens / s,
+    return {"device": torch.cuda.get_device_name(), "params": n_params, "s_per_step": s,
+            "tokens_per_s": tokens / s,
             "mfu": flops / s / peak, "note": "MFU counts 8N FLOPs per token (6N + recompute)"}
 
 
@@ -233,7 +234,8 @@ def main() -> None:
                 out["plain_end"] = bench_plain(model_dir, rows, a.steps, a.batch)
         ray.shutdown()
         if "plain" in out:
-            ref = statistics.mean(out[k]["samples_per_s"] for k in ("plain", "plain_end") if k in out)
+            ref = statistics.mean(out[k]["samples_per_s"] for k in ("plain", "plain_end")
+                                  if k in out)
             for k in ("ray_1w", "ray_2w", "trl"):
                 if k in out:
                     out[f"{k}_vs_plain_samples_per_s"] = out[k]["samples_per_s"] / ref

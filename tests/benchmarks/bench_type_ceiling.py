@@ -15,8 +15,8 @@ tiny vision tower for each `patch_init`. Prints JSON.
   model's vision output (what the language model receives) before any training; sizes from
   the demo sft config (`--sft-config`);
 - with `--dead-leaves N`: the `dead_leaves:N` generate source (N procedural images, occluding
-  disks with power-law radii, `dutrain/degrade/procedural.py`) through `dutrain generate` with the demo
-  generate config, and `features_gbm` is retrained on the photos plus those rows
+  disks with power-law radii, `dutrain/degrade/procedural.py`) through `dutrain generate` with the
+  demo generate config, and `features_gbm` is retrained on the photos plus those rows
   (`dead_leaves_gbm`) and on those rows alone (`dead_leaves_only_gbm`) — is a procedural source
   a lever for more distinct training content?
 One degradation or none per sample is assumed (the demo setting); the type of a chain is its
@@ -40,7 +40,8 @@ from dutrain.schema import CLEAN, TYPES, types_of
 LABELS = (CLEAN, *TYPES)
 
 
-def load(root: str, split: str | None, limit: int | None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+def load(root: str, split: str | None,
+         limit: int | None) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
     """Degraded images, type labels and photo ids of one split (all splits if None)."""
     t = read_table(root, [split] if split else None, ["sample_id", "degraded", "annotation"],
                    limit=limit)
@@ -67,7 +68,8 @@ def hand_features(rgb: np.ndarray) -> list[float]:
     block = [dh[:, 7::8].mean() / (dh.mean() + 1e-9), dv[7::8].mean() / (dv.mean() + 1e-9)]
     lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
     dark = g[1:-1, 1:-1] < np.median(g)
-    n_dark, n_bright = np.median(np.abs(lap[dark])) if dark.any() else 0.0, np.median(np.abs(lap[~dark]))
+    n_dark = np.median(np.abs(lap[dark])) if dark.any() else 0.0
+    n_bright = np.median(np.abs(lap[~dark]))
     rows = g.mean(1)
     chroma = np.abs(rgb[..., 0] / 255 - rgb[..., 1] / 255).mean()
     return (spectrum + list(measure_cues(rgb).values()) + block
@@ -125,12 +127,14 @@ def tower_features(sft_config: str, init: str, images: list[np.ndarray]) -> np.n
             chunk = [Image.fromarray(a) for a in images[i:i + 256]]
             enc = proc.image_processor(images=chunk, return_tensors="pt")
             e = model.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
-            e = getattr(e, "pooler_output", e).reshape(len(chunk), -1, model.config.text_config.hidden_size)
+            e = getattr(e, "pooler_output", e).reshape(len(chunk), -1,
+                                                       model.config.text_config.hidden_size)
             out.append(torch.cat([e.mean(1), e.std(1)], 1).numpy())
     return np.concatenate(out)
 
 
-def dead_leaves_rows(n_images: int, samples: int, workdir: str) -> tuple[list[np.ndarray], np.ndarray]:
+def dead_leaves_rows(n_images: int, samples: int,
+                     workdir: str) -> tuple[list[np.ndarray], np.ndarray]:
     """Rows of `dutrain generate` on the `dead_leaves:N` source alone (all train split)."""
     from pathlib import Path
 
@@ -161,7 +165,8 @@ def main() -> None:
     va, yva, pva = load(args.dataset, "val", None)
     te, yte, _ = load(args.dataset, "test", args.test)
     out: dict = {"dataset": args.dataset, "train_rows": len(tr), "test_rows": len(te),
-                 "train_photos": len(set(ptr)), "majority_share": round(float(np.bincount(yte).max() / len(yte)), 3)}
+                 "train_photos": len(set(ptr)),
+                 "majority_share": round(float(np.bincount(yte).max() / len(yte)), 3)}
     Htr, Hva, Hte = (np.array([hand_features(a) for a in s]) for s in (tr, va, te))
     out["features_gbm"] = gbm(Htr, ytr, Hte, yte)
     X, y, photos = np.concatenate([Htr, Hva]), np.concatenate([ytr, yva]), np.array(ptr + pva)
@@ -177,7 +182,8 @@ def main() -> None:
             dl, ydl = dead_leaves_rows(args.dead_leaves, args.dead_leaves_samples, tmp)
         Hdl = np.array([hand_features(a) for a in dl])
         out["dead_leaves_rows"] = len(dl)
-        out["dead_leaves_gbm"] = gbm(np.concatenate([Htr, Hdl]), np.concatenate([ytr, ydl]), Hte, yte)
+        out["dead_leaves_gbm"] = gbm(np.concatenate([Htr, Hdl]), np.concatenate([ytr, ydl]),
+                                     Hte, yte)
         out["dead_leaves_only_gbm"] = gbm(Hdl, ydl, Hte, yte)
     Dtr, Dte = np.array([dct16_features(a) for a in tr]), np.array([dct16_features(a) for a in te])
     out["dct16_linear"] = linear(Dtr, ytr, Dte, yte)

@@ -98,7 +98,8 @@ def ckpt_dir(tmp_path) -> Path:
 def _safetensors(tensors: int = 2, floats: int = 16) -> bytes:
     header, off = {}, 0
     for i in range(tensors):
-        header[f"w{i}"] = {"dtype": "F32", "shape": [floats], "data_offsets": [off, off + 4 * floats]}
+        header[f"w{i}"] = {"dtype": "F32", "shape": [floats],
+                           "data_offsets": [off, off + 4 * floats]}
         off += 4 * floats
     h = json.dumps(header).encode()
     return len(h).to_bytes(8, "little") + h + bytes(off)

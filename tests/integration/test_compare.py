@@ -18,7 +18,8 @@ from dutrain.tracking import stage_run
 def runs(mlflow_server):
     exp = f"compare-{uuid.uuid4().hex[:8]}"
     made = {}
-    for name, model, f1, group in (("sft-only", "ckpt/sft", 0.4, "a"), ("sft-rl", "ckpt/rl", 0.6, "a"),
+    for name, model, f1, group in (("sft-only", "ckpt/sft", 0.4, "a"),
+                                   ("sft-rl", "ckpt/rl", 0.6, "a"),
                                    ("prior", "baseline:prior", 0.1, "b")):
         cfg = load_config(EvalConfig, overrides=[
             f"model={model}", f"tracking.uri={mlflow_server}", f"tracking.experiment={exp}",
@@ -31,7 +32,8 @@ def runs(mlflow_server):
 
 
 def _compare(uri, exp, out, *extra):
-    rc = main(["compare", f"tracking.uri={uri}", f"tracking.experiment={exp}", f"output={out}", *extra])
+    rc = main(["compare", f"tracking.uri={uri}", f"tracking.experiment={exp}", f"output={out}",
+               *extra])
     assert rc == 0
     with open(out / "compare.csv") as f:
         return list(csv.DictReader(f))
@@ -67,7 +69,8 @@ def test_compare_by_filter_and_tags(runs, tmp_path):
     assert [r["run"] for r in rows] == ["prior"]
     rows = _compare(uri, exp, tmp_path / "d")  # default: every eval run
     assert {r["run"] for r in rows} == {"sft-only", "sft-rl", "prior"}
-    rows = _compare(uri, exp, tmp_path / "n", "runs=[sft-only,prior]", "tags=[group=a]")  # both apply
+    # both filters apply
+    rows = _compare(uri, exp, tmp_path / "n", "runs=[sft-only,prior]", "tags=[group=a]")
     assert [r["run"] for r in rows] == ["sft-only"]
 
 

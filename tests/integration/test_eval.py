@@ -26,8 +26,8 @@ def dataset(tmp_path_factory):
 
 def _refs(root, splits=("test", "ood")):
     t = read_table(str(root), list(splits), ["sample_id", "split", "annotation"])
-    return [(s, sp, json.loads(a)) for s, sp, a in zip(*(t.column(c).to_pylist()
-                                                       for c in ("sample_id", "split", "annotation")))]
+    cols = (t.column(c).to_pylist() for c in ("sample_id", "split", "annotation"))
+    return [(s, sp, json.loads(a)) for s, sp, a in zip(*cols)]
 
 
 def _write(path, lines):
@@ -36,8 +36,9 @@ def _write(path, lines):
 
 
 def test_perfect_predictions_score_one_and_log_to_mlflow(dataset, tmp_path, mlflow_server, capsys):
-    preds = _write(tmp_path / "p.jsonl", [json.dumps({"sample_id": s, "completion": render_answer(a, "c")})
-                                          for s, _, a in _refs(dataset)])
+    preds = _write(tmp_path / "p.jsonl",
+                   [json.dumps({"sample_id": s, "completion": render_answer(a, "c")})
+                    for s, _, a in _refs(dataset)])
     out = tmp_path / "out"
     rc = main(["eval", f"dataset={dataset}", f"predictions={preds}", f"output={out}",
                f"tracking.uri={mlflow_server}", "tracking.experiment=eval-test"])
@@ -68,7 +69,8 @@ def test_perfect_predictions_score_one_and_log_to_mlflow(dataset, tmp_path, mlfl
 
 def test_malformed_lines_unknown_ids_and_missing_samples(dataset, tmp_path, capsys):
     refs = _refs(dataset, ["test"])
-    lines = [json.dumps({"sample_id": s, "completion": render_answer(a, "c")}) for s, _, a in refs[:8]]
+    lines = [json.dumps({"sample_id": s, "completion": render_answer(a, "c")})
+             for s, _, a in refs[:8]]
     lines += ["{not json", json.dumps({"sample_id": refs[8][0]}),  # malformed: no completion
               json.dumps({"sample_id": "nowhere:0:0", "completion": "x"}),
               json.dumps({"sample_id": refs[9][0], "completion": "no tags here"})]

@@ -34,7 +34,8 @@ def _source(name: str) -> np.ndarray:
     import skimage.data
     img = np.asarray(getattr(skimage.data, name)())
     if img.dtype != np.uint8:
-        img = np.rint(255 * (img - img.min()) / max(1e-9, float(img.max() - img.min()))).astype(np.uint8)
+        span = max(1e-9, float(img.max() - img.min()))
+        img = np.rint(255 * (img - img.min()) / span).astype(np.uint8)
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     return np.ascontiguousarray(img[:, :, :3])
@@ -96,7 +97,8 @@ def test_read_table_limit_is_a_spread_subset_not_a_prefix(tmp_path):
     full = read_table(str(root), ["train"], ["sample_id", "source_id"])
     sub = read_table(str(root), ["train"], ["sample_id", "source_id"], limit=12)
     ids = sub.column("sample_id").to_pylist()
-    assert len(ids) == 12 and ids == sorted(ids) and set(ids) < set(full.column("sample_id").to_pylist())
+    assert len(ids) == 12 and ids == sorted(ids)
+    assert set(ids) < set(full.column("sample_id").to_pylist())
     assert ids != full.column("sample_id").to_pylist()[:12]  # not the first rows by id
     # the first 12 by id come from one or two photos; the subset spreads over more of them
     assert len(set(sub.column("source_id").to_pylist())) > len(set(

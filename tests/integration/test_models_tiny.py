@@ -52,7 +52,8 @@ def _perturbed_copy(src: Path, dst: Path, seed: int) -> Path:
     return dst
 
 
-def _hf_greedy(model_dir: Path, images: list[np.ndarray], n: int) -> list[tuple[list[int], list[float]]]:
+def _hf_greedy(model_dir: Path, images: list[np.ndarray],
+               n: int) -> list[tuple[list[int], list[float]]]:
     proc, model = load_processor(model_dir), load_model(model_dir)
     out = []
     for im in images:
@@ -109,8 +110,8 @@ def test_transformers_and_vllm_agree_greedy_and_after_weight_update(tmp_path):
     script.write_text(_ENGINE_SCRIPT)
     out = tmp_path / "out.json"
     env = {**__import__("os").environ, **VLLM_ENV}
-    proc = subprocess.run([sys.executable, str(script), str(base), str(perturbed), str(n), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(script), str(base), str(perturbed), str(n),
+                           str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     for key in ("direct", "updated"):

@@ -22,7 +22,8 @@ SECRET = "PLANTED-s3cr3t-9f8e7d6c5b4a"
 # CI-sized: a few hundred rows, a handful of steps; stage YAMLs as in the demo.
 SMALL = [
     "generate.samples=192", "generate.rows_per_shard=64", "generate.preview_pairs=4",
-    "sft.max_steps=12", "sft.warmup_steps=2", "sft.num_workers=1", "sft.eval_every=6", "sft.checkpoint_every=6",
+    "sft.max_steps=12", "sft.warmup_steps=2", "sft.num_workers=1", "sft.eval_every=6",
+    "sft.checkpoint_every=6",
     "sft.val_samples=8", "sft.final_eval_samples=4", "sft.sample_completions=1",
     "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.eval_prompts=2",
     "rl.eval_every=2", "rl.checkpoint_every=0", "rl.learner.workers=1", "rl.samples_to_log=2",

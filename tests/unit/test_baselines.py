@@ -1,4 +1,5 @@
-"""Classical estimators on synthetic images with known physics, and the baselines' decision rules."""
+"""Classical estimators on synthetic images with known physics, and the baselines' decision
+rules."""
 
 from __future__ import annotations
 
@@ -58,14 +59,16 @@ def test_noise_sigma_and_type(sigma):
 
 
 def test_jpeg_noise_estimate_sees_noise_that_jpeg_removed_from_pixels():
-    img = apply_chain(scene(3), chain(("gaussian_noise", {"sigma": 30}), ("jpeg", {"quality": 25})), 1)
+    img = apply_chain(scene(3), chain(("gaussian_noise", {"sigma": 30}), ("jpeg", {"quality": 25})),
+                      1)
     q, _ = est.jpeg_estimate(img)
     assert est.noise_estimate(img)[0] < 10  # the pixel residual is quantized away
     assert est.jpeg_noise_estimate(img, q) > 15
 
 
 def test_haze_dark_channel_tracks_beta_and_airlight():
-    hazy = {b: est.haze_estimate(apply_chain(scene(4), chain(("haze", {"beta": b, "airlight": 0.8})), 0))
+    hazy = {b: est.haze_estimate(apply_chain(scene(4),
+                                             chain(("haze", {"beta": b, "airlight": 0.8})), 0))
             for b in (0.5, 1.5, 2.5)}
     betas = [hazy[b][0] for b in (0.5, 1.5, 2.5)]
     assert betas == sorted(betas) and betas[1] == pytest.approx(1.5, rel=0.35)

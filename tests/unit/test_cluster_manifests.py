@@ -152,7 +152,8 @@ def test_rayversion_matches_the_ray_we_pin_and_the_image():
 
 def test_pipeline_job_runs_on_the_same_cluster_spec():
     cluster = next(iter(of_kind("RayCluster").values()))
-    pipeline = [d for d in of_kind("RayJob").values() if d["metadata"]["name"] == "dutrain-pipeline"]
+    pipeline = [d for d in of_kind("RayJob").values()
+                if d["metadata"]["name"] == "dutrain-pipeline"]
     assert len(pipeline) == 1
     assert pipeline[0]["spec"]["rayClusterSpec"] == cluster["spec"]
     assert pipeline[0]["spec"]["shutdownAfterJobFinishes"] is True

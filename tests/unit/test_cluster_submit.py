@@ -63,8 +63,8 @@ def test_exclude_flag_adds_to_the_defaults():
 
 def test_bad_submit_values_are_usage_errors(capsys):
     assert main(["submit", "v", "--num-gpus", "-1"]) == 2
-    assert "bad value for 'entrypoint_num_gpus' (--num-gpus): -1.0 (allowed: a number or null >= 0)" in \
-        capsys.readouterr().err
+    assert ("bad value for 'entrypoint_num_gpus' (--num-gpus): -1.0 (allowed: a number or null "
+            ">= 0)") in capsys.readouterr().err
     assert main(["submit", "v", "--address", "nowhere"]) == 2
     assert "bad value for 'address' (--address): 'nowhere'" in capsys.readouterr().err
 

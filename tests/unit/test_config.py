@@ -28,16 +28,18 @@ def test_layering_defaults_file_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("samples: 7\ninner:\n  size: 32\n")
     cfg = load_config(DemoConfig, f, ["inner.size=48", "sources=[a, s3://b/c]"], verb="demo")
-    assert (cfg.samples, cfg.inner.size, cfg.sources, cfg.mode) == (7, 48, ("a", "s3://b/c"), "fast")
+    assert (cfg.samples, cfg.inner.size, cfg.sources, cfg.mode) == (
+        7, 48, ("a", "s3://b/c"), "fast")
 
 
 def test_unknown_key_message_word_for_word():
     with pytest.raises(ConfigError) as e:
         load_config(DemoConfig, None, ["sampels=3"], verb="demo")
-    assert str(e.value) == ("unknown key 'sampels' for 'demo' (did you mean 'samples'?); allowed keys: "
-                            "samples, mode, sources, inner.size, tracking.uri, tracking.experiment, "
-                            "tracking.run_name, tracking.enabled")
-    with pytest.raises(ConfigError, match=r"unknown key 'inner.sise' for 'demo' \(did you mean 'inner.size'\?\)"):
+    assert str(e.value) == ("unknown key 'sampels' for 'demo' (did you mean 'samples'?); "
+                            "allowed keys: samples, mode, sources, inner.size, tracking.uri, "
+                            "tracking.experiment, tracking.run_name, tracking.enabled")
+    with pytest.raises(ConfigError, match=r"unknown key 'inner.sise' for 'demo' "
+                                          r"\(did you mean 'inner.size'\?\)"):
         load_config(DemoConfig, None, ["inner.sise=3"], verb="demo")
 
 

@@ -25,7 +25,8 @@ CROPS = {
 
 
 def cue_series(img, t, key, values, cue):
-    return [measure_cues(apply_chain(img, chain((t, {**fixed(t), key: v})), 3))[cue] for v in values]
+    return [measure_cues(apply_chain(img, chain((t, {**fixed(t), key: v})), 3))[cue]
+            for v in values]
 
 
 def fixed(t):
@@ -43,7 +44,8 @@ def test_more_noise_raises_the_noise_estimate(name):
 def test_noise_estimate_is_on_the_0_255_scale():
     flat = np.full((128, 128, 3), 120, np.uint8)
     for sigma in (5, 20):
-        est = measure_cues(apply_chain(flat, chain(("gaussian_noise", {"sigma": sigma})), 0))["noise"]
+        noisy = apply_chain(flat, chain(("gaussian_noise", {"sigma": sigma})), 0)
+        est = measure_cues(noisy)["noise"]
         assert est == pytest.approx(sigma, rel=0.15)
 
 
@@ -63,7 +65,8 @@ def test_more_blur_lowers_hf_energy_and_widens_edges(name, t, key, values):
 def test_edge_width_tracks_gaussian_sigma_on_a_step():
     step = np.zeros((64, 64, 3), np.uint8)
     step[:, 32:] = 200
-    widths = {s: measure_cues(apply_chain(step, chain(("gaussian_blur", {"sigma": s})), 0))["edge_width"]
+    widths = {s: measure_cues(apply_chain(step, chain(("gaussian_blur", {"sigma": s})),
+                                          0))["edge_width"]
               for s in (1.0, 2.0)}
     assert measure_cues(step)["edge_width"] == pytest.approx(1.0)
     for s, w in widths.items():  # 10-90 % width of a Gaussian-blurred step is 2.56 sigma
@@ -86,7 +89,8 @@ def test_haze_low_light_and_rain_move_their_cues(name):
     assert hazy["contrast"] < clean["contrast"]
     dark = measure_cues(apply_chain(img, chain(("low_light", {"exposure": 0.3, "gamma": 2.0})), 0))
     assert dark["brightness"] < 0.5 * clean["brightness"]
-    rainy = measure_cues(apply_chain(img, chain(("rain", {"density": 20, "length": 20, "angle": 10})), 0))
+    rainy = measure_cues(apply_chain(
+        img, chain(("rain", {"density": 20, "length": 20, "angle": 10})), 0))
     assert rainy["streaks"] > clean["streaks"]
 
 
@@ -119,7 +123,8 @@ def test_reasoning_states_the_measured_numbers():
         assert f"edge width {cues['edge_width']:.1f} px" in text
         assert f"8x8 blockiness {cues['blockiness']:.2f}" in text
         assert f"top-bottom haze gradient {cues['haze_gradient']:.2f}" in text
-        assert "implies jpeg compression" in text and "imply gaussian blur" in text and "haze" in text
+        assert "implies jpeg compression" in text and "imply gaussian blur" in text
+        assert "haze" in text
         assert text.index("haze") < text.index("gaussian blur") < text.index("jpeg compression")
         texts.add(text)
     assert len(texts) == len(CROPS)

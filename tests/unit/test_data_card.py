@@ -48,7 +48,8 @@ def test_preview_picks_variety_across_sources():
 
 
 def test_caption_and_render():
-    assert caption("a:0:0", "ood", TWO) == "[ood] a:0:0\nhaze beta=0.5, airlight=0.80; jpeg quality=35"
+    assert caption("a:0:0", "ood", TWO) == ("[ood] a:0:0\n"
+                                            "haze beta=0.5, airlight=0.80; jpeg quality=35")
     img = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     params = dict(image_size=32, seed=0, png_level=1, min_crop_std=0.0, clean_fraction=0.0,
                   type_probs=None, max_degradations=2, max_pixels=10**8)

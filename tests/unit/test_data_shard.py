@@ -30,7 +30,7 @@ def test_crop_box_is_seeded_and_inside():
     img = image()
     boxes = {crop_box(img, 32, s, 0.0) for s in range(50)}
     assert len(boxes) > 40
-    assert all(0 <= t <= 48 and 0 <= l <= 68 for t, l in boxes)
+    assert all(0 <= top <= 48 and 0 <= left <= 68 for top, left in boxes)
     assert crop_box(img, 32, 3, 0.0) == crop_box(img, 32, 3, 0.0)
 
 
@@ -57,7 +57,8 @@ def test_rows_reapply_exactly_and_share_the_clean_crop():
 
 
 def test_ood_rows_are_never_clean():
-    rows = list(crop_rows(image(), Crop("src/a.png", 0, "ood", 20), {**PARAMS, "clean_fraction": 1.0}))
+    rows = list(crop_rows(image(), Crop("src/a.png", 0, "ood", 20),
+                          {**PARAMS, "clean_fraction": 1.0}))
     assert all(json.loads(r["annotation"])["degradations"] for r in rows)
     assert {r["split"] for r in rows} == {"ood"}
 

@@ -75,7 +75,8 @@ def test_annotation_is_snapped_and_ordered_before_applying(natural):
     off_grid = {"degradations": [{"type": "jpeg", "params": {"quality": 40.4}},
                                  {"type": "gaussian_blur", "params": {"sigma": 1.73}}]}
     on_grid = chain(("gaussian_blur", {"sigma": 1.7}), ("jpeg", {"quality": 40}))
-    np.testing.assert_array_equal(apply_chain(natural, off_grid, 0), apply_chain(natural, on_grid, 0))
+    np.testing.assert_array_equal(apply_chain(natural, off_grid, 0),
+                                  apply_chain(natural, on_grid, 0))
     with pytest.raises(AnnotationError, match="off range"):
         apply_chain(natural, chain(("gaussian_blur", {"sigma": 60.0})), 0)
     with pytest.raises(AnnotationError, match="unknown type 'blur'"):
@@ -144,7 +145,8 @@ def test_apply_operator_wants_float_rgb():
 
 def test_registry_covers_taxonomy_in_stage_order():
     assert tuple(REGISTRY) == TYPES
-    assert sum(DEFAULT_TYPE_PROBS.values()) == pytest.approx(len({s.stage for s in TAXONOMY.values()}))
+    stages = {s.stage for s in TAXONOMY.values()}
+    assert sum(DEFAULT_TYPE_PROBS.values()) == pytest.approx(len(stages))
 
 
 def _check_structure(ann, max_n):
@@ -187,7 +189,8 @@ def test_clean_fraction_and_chain_lengths_are_respected():
     assert (lengths == 3).mean() == pytest.approx(0.7 / 3, abs=0.03)
     types = [d["type"] for a in anns for d in a["degradations"]]
     assert set(types) == set(TYPES)
-    assert all(not sample_chain(rng, "train", max_degradations=0)["degradations"] for _ in range(20))
+    assert all(not sample_chain(rng, "train", max_degradations=0)["degradations"]
+               for _ in range(20))
     assert all(sample_chain(rng, "ood", clean_fraction=1.0)["degradations"] for _ in range(20))
 
 

@@ -29,7 +29,8 @@ def natural() -> np.ndarray:
 
 
 def float_images(max_side=12):
-    return st.tuples(st.integers(1, max_side), st.integers(1, max_side), st.integers(0, 2**32 - 1)).map(
+    sizes = st.tuples(st.integers(1, max_side), st.integers(1, max_side), st.integers(0, 2**32 - 1))
+    return sizes.map(
         lambda hws: np.random.default_rng(hws[2]).random((hws[0], hws[1], 3), dtype=np.float32))
 
 
@@ -37,7 +38,8 @@ def float_images(max_side=12):
 @given(img=float_images(), sigma=st.sampled_from(param_spec("gaussian_blur", "sigma").grid()))
 def test_gaussian_blur_matches_scipy(img, sigma):
     ours = apply_operator(img, "gaussian_blur", {"sigma": sigma}, np.random.default_rng(0))
-    ref = ndi.gaussian_filter(img.astype(np.float64), sigma=(sigma, sigma, 0), truncate=3.0, mode="reflect")
+    ref = ndi.gaussian_filter(img.astype(np.float64), sigma=(sigma, sigma, 0), truncate=3.0,
+                              mode="reflect")
     np.testing.assert_allclose(ours, ref, atol=2e-6)
 
 
@@ -106,7 +108,8 @@ def test_blur_applies_its_kernel_with_reflect_border(natural, kind, params):
     x = to_float(natural)
     kernel = motion_kernel(9, 30) if kind == "motion_blur" else disk_kernel(2.5)
     ref = ndi.correlate(x.astype(np.float64), kernel[:, :, None], mode="reflect")
-    np.testing.assert_allclose(apply_operator(x, kind, params, np.random.default_rng(0)), ref, atol=2e-6)
+    np.testing.assert_allclose(apply_operator(x, kind, params, np.random.default_rng(0)), ref,
+                               atol=2e-6)
 
 
 @pytest.mark.parametrize("scale", [0.25, 0.5, 0.9, 0.15])
@@ -140,8 +143,9 @@ def test_jpeg_matches_pillow_and_quantizes_right_before_encoding(natural, qualit
     np.testing.assert_array_equal(out, _pillow_jpeg(natural, quality))
     blur = ("gaussian_blur", {"sigma": 1.3})
     blurred = apply_chain(natural, chain(blur), 0)
-    np.testing.assert_array_equal(apply_chain(natural, chain(blur, ("jpeg", {"quality": quality})), 0),
-                                  _pillow_jpeg(blurred, quality))
+    np.testing.assert_array_equal(
+        apply_chain(natural, chain(blur, ("jpeg", {"quality": quality})), 0),
+        _pillow_jpeg(blurred, quality))
 
 
 def _closed_form(img: np.ndarray, f) -> np.ndarray:
@@ -212,7 +216,8 @@ def test_rain_streaks_follow_the_documented_positions():
 
 def test_rain_only_brightens_and_scales_with_density(natural):
     def covered(density):
-        out = apply_chain(natural, chain(("rain", {"density": density, "length": 15, "angle": 20})), 5)
+        out = apply_chain(natural,
+                          chain(("rain", {"density": density, "length": 15, "angle": 20})), 5)
         assert np.all(out >= natural)
         return (out > natural).any(axis=2).mean()
     assert covered(2) < covered(10) < covered(40)

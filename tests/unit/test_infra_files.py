@@ -114,7 +114,8 @@ def _policy_prefixes(name: str) -> set[str]:
     policy = json.loads((INFRA / "aws" / name).read_text())
     resources = [r for s in policy["Statement"] for r in
                  ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
-    return set(re.findall(r"arn:aws:s3:::your-dutrain-bucket/([a-z0-9_-]+)/\*", " ".join(resources)))
+    return set(re.findall(r"arn:aws:s3:::your-dutrain-bucket/([a-z0-9_-]+)/\*",
+                          " ".join(resources)))
 
 
 def test_iam_policies_cover_the_bucket_layout_the_manifests_use():

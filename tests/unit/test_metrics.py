@@ -38,7 +38,8 @@ def test_perfect_predictions_score_one_on_every_metric():
         assert m[f"test/{k}"] == 1.0, k
     assert m["test/value_nmae"] == 0.0
     assert {k for k in m if "/type_f1/" in k} == {"test/type_f1/clean", "test/type_f1/jpeg",
-                                                   "test/type_f1/haze", "test/type_f1/gaussian_noise"}
+                                                   "test/type_f1/haze",
+                                                   "test/type_f1/gaussian_noise"}
     assert all(m[k] == 1.0 for k in m if "/type_f1/" in k or "/type_recall/" in k)
     assert len([k for k in m if "/type_recall/" in k]) == 4
     assert all(m[k] == 0.0 for k in m if "/value_nmae/" in k)
@@ -91,7 +92,8 @@ def test_confusion_by_hand():
                    ("haze", "clean"): 1, ("gaussian_noise", "clean"): 1, ("haze", "haze"): 1,
                    ("jpeg", MISSED): 1, (EXTRA, "gaussian_noise"): 1}
     blur = {"degradations": [{"type": "gaussian_blur", "params": {"sigma": 1.0}}]}
-    defocus = render_answer({"degradations": [{"type": "defocus_blur", "params": {"radius": 2.0}}]}, "x")
+    defocus = render_answer(
+        {"degradations": [{"type": "defocus_blur", "params": {"radius": 2.0}}]}, "x")
     cm = confusion([score_sample("a", "t", defocus, blur), score_sample("b", "t", "garbage", R2),
                     score_sample("c", "t", "garbage", R1)])
     got = {(rows_l[i], cols_l[j]): v for i, r in enumerate(cm) for j, v in enumerate(r) if v}
@@ -125,7 +127,8 @@ def test_by_source_groups_sample_ids_by_their_image():
     rows = [score_sample(f"{src}:{i}:0", "test", p, r)
             for i, (src, p, r) in enumerate(zip(["cat", "cat", "cell", "cell"], preds, REFS))]
     per = by_source(rows)
-    assert per["cat"]["n"] == 2 and per["cat"]["type_exact"] == 1.0 and per["cat"]["value_nmae"] == 0.0
+    assert per["cat"]["n"] == 2 and per["cat"]["type_exact"] == 1.0
+    assert per["cat"]["value_nmae"] == 0.0
     # cell: R3 answered clean (wrong, no matched key), R4 answered exactly
     assert per["cell"] == {"n": 2, "type_exact": 0.5, "value_nmae": 0.0}
     md = markdown_report("sys", "/d", ["test"], split_metrics("test", rows), {}, [], {},

@@ -104,7 +104,8 @@ def test_closer_value_scores_higher(tk, data):
 
 def test_value_is_angle_aware():
     ref = {"degradations": [{"type": "motion_blur", "params": {"length": 9, "angle": 5}}]}
-    near = answer({"degradations": [{"type": "motion_blur", "params": {"length": 9, "angle": 175}}]})
+    near = answer(
+        {"degradations": [{"type": "motion_blur", "params": {"length": 9, "angle": 175}}]})
     far = answer({"degradations": [{"type": "motion_blur", "params": {"length": 9, "angle": 90}}]})
     # 175 deg is 10 deg from 5 deg modulo 180; width of angle is 175
     assert value_reward(near, ref) == pytest.approx(1 - 0.5 * 10 / 175)
@@ -113,7 +114,8 @@ def test_value_is_angle_aware():
 
 def test_keys_and_off_grid_answers_are_graded_but_not_format_valid():
     ref = {"degradations": [{"type": "haze", "params": {"beta": 1.2, "airlight": 0.8}}]}
-    off_grid = answer({"degradations": [{"type": "haze", "params": {"beta": 1.23, "airlight": 0.8}}]})
+    off_grid = answer(
+        {"degradations": [{"type": "haze", "params": {"beta": 1.23, "airlight": 0.8}}]})
     s = score(off_grid, ref)
     assert s["format"] == 0.0 and s["type"] == 1.0 and s["key"] == 1.0
     assert s["value"] == pytest.approx(1 - 0.5 * 0.03 / 2.3)
@@ -127,7 +129,8 @@ def test_keys_and_off_grid_answers_are_graded_but_not_format_valid():
 
 @pytest.mark.parametrize("text", [
     "", "no tags", "<think>x</think>", "<think>x</think><answer>{bad json</answer>",
-    "<think>x</think><answer>[1, 2]</answer>", "<think>x</think><answer>{\"degradations\": 3}</answer>",
+    "<think>x</think><answer>[1, 2]</answer>",
+    "<think>x</think><answer>{\"degradations\": 3}</answer>",
     "<think>x</think><answer>" + "[" * 100000 + "</answer>", None, 42, b"bytes",
 ])
 def test_malformed_scores_zero(text):
@@ -147,8 +150,10 @@ json_values = st.recursive(
 
 @settings(max_examples=400, deadline=None)
 @given(st.text(max_size=300) | json_values.map(
-    lambda v: "<think>t</think><answer>" + json.dumps({"degradations": v} if not isinstance(v, dict) else v,
-                                                      allow_nan=True) + "</answer>"),
+    lambda v: ("<think>t</think><answer>"
+               + json.dumps({"degradations": v} if not isinstance(v, dict) else v,
+                            allow_nan=True)
+               + "</answer>")),
        chains())
 def test_fuzz_nothing_raises_and_scores_in_unit_interval(text, ref):
     s = score(text, ref)

@@ -76,7 +76,8 @@ def mutated_answers(draw):
         if op == "del":
             text = text[:i] + text[i + 1:]
         elif op == "ins":
-            text = text[:i] + draw(st.sampled_from(list('{}[]",:<>/0123456789.-e ') + ["null", "NaN"])) + text[i:]
+            piece = draw(st.sampled_from(list('{}[]",:<>/0123456789.-e ') + ["null", "NaN"]))
+            text = text[:i] + piece + text[i:]
         else:
             text = text[:i] + text[i:i + 20] + text[i:]
     return text
@@ -107,7 +108,8 @@ def test_parse_is_fast_on_hostile_input(text):
 
 def test_parse_reports_every_problem():
     text = ('<answer>{"degradations": [{"type": "gausian_blur", "params": {"sigma": 1}}, '
-            '{"type": "jpeg", "params": {"quality": 3}}, {"type": "jpeg", "params": {"quality": 30}}, '
+            '{"type": "jpeg", "params": {"quality": 3}}, '
+            '{"type": "jpeg", "params": {"quality": 30}}, '
             '{"type": "haze", "params": {"beta": 1.23, "airlight": 0.8, "depth": 2}}]}</answer>')
     errors = parse_answer(text).errors
     assert errors == [
@@ -125,19 +127,22 @@ def test_missing_tags_and_bad_json():
     res = parse_answer("<think>a</think><answer>{bad</answer>")
     assert res.annotation is None and res.errors[0].startswith("bad JSON")
     # same stage twice is not a chain
-    res = parse_answer('<think></think><answer>{"degradations": [{"type": "gaussian_blur", "params": '
-                       '{"sigma": 1.0}}, {"type": "defocus_blur", "params": {"radius": 2.0}}]}</answer>')
+    res = parse_answer('<think></think><answer>{"degradations": '
+                       '[{"type": "gaussian_blur", "params": {"sigma": 1.0}}, '
+                       '{"type": "defocus_blur", "params": {"radius": 2.0}}]}</answer>')
     assert "share stage 3" in res.errors[0]
 
 
 def test_clean_answer_and_canonical_format():
     ann = {"degradations": [{"type": "jpeg", "params": {"quality": 35}},
                             {"type": "gaussian_blur", "params": {"sigma": 1.7}}]}
-    assert canonical_json(ann) == ('{"degradations": [{"type": "gaussian_blur", "params": {"sigma": 1.7}}, '
+    assert canonical_json(ann) == ('{"degradations": '
+                                   '[{"type": "gaussian_blur", "params": {"sigma": 1.7}}, '
                                    '{"type": "jpeg", "params": {"quality": 35}}]}')
     assert canonical_json({"degradations": []}) == '{"degradations": []}'
-    assert canonical_json({"degradations": [{"type": "haze", "params": {"airlight": 0.6, "beta": 1}}]}) \
-        == '{"degradations": [{"type": "haze", "params": {"beta": 1.0, "airlight": 0.60}}]}'
+    haze = {"degradations": [{"type": "haze", "params": {"airlight": 0.6, "beta": 1}}]}
+    assert canonical_json(haze) == (
+        '{"degradations": [{"type": "haze", "params": {"beta": 1.0, "airlight": 0.60}}]}')
     with pytest.raises(AnnotationError):
         canonical_json({"degradations": [{"type": "haze", "params": {"beta": 1}}]})
 
@@ -145,8 +150,8 @@ def test_clean_answer_and_canonical_format():
 def test_taxonomy_matches_design():
     assert TYPES == ("haze", "rain", "gaussian_blur", "motion_blur", "defocus_blur", "low_light",
                      "downsample", "gaussian_noise", "poisson_noise", "jpeg")
-    assert STAGE_NAMES == {1: "scene", 2: "scene", 3: "optics", 4: "exposure", 5: "sampling", 6: "sensor",
-                      7: "codec"}
+    assert STAGE_NAMES == {1: "scene", 2: "scene", 3: "optics", 4: "exposure", 5: "sampling",
+                           6: "sensor", 7: "codec"}
     peak = param_spec("poisson_noise", "peak")
     assert peak.grid()[:9] == [3, 4, 5, 6, 7, 8, 9, 10, 15] and peak.grid()[-1] == 200
     assert param_spec("motion_blur", "angle").distance(175, 5) == 10
@@ -173,4 +178,5 @@ def test_json_schema_accepts_valid_and_rejects_invalid():
     schema = answer_json_schema()
     jsonschema.validate({"degradations": [{"type": "jpeg", "params": {"quality": 35}}]}, schema)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"degradations": [{"type": "jpeg", "params": {"quality": 3.5}}]}, schema)
+        jsonschema.validate({"degradations": [{"type": "jpeg", "params": {"quality": 3.5}}]},
+                            schema)
