@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dutrain.degrade import apply_operator
-from dutrain.restore.linear import (CircularBlur, Composite, Identity, Resample, operator_for)
+from dutrain.restore.linear import CircularBlur, Composite, Identity, Resample, operator_for
 from dutrain.restore.physics import psf
 
 H, W = 24, 30
