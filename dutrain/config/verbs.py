@@ -41,6 +41,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
          "run a verb as a Ray job on a cluster; --status/--logs/--stop ID"),
     Verb("rl", "dutrain.config.rl:RLConfig", "dutrain.rl.controller:run",
          "GRPO on the structured rewards: vLLM rollout actors + DDP learner actors on Ray"),
+    Verb("offline", "dutrain.config.offline:OfflineConfig", "dutrain.offline.run:run",
+         "offline RL: sample a checkpoint K times per image, score, DPO on preference pairs"),
     Verb("eval", "dutrain.config.eval:EvalConfig", "dutrain.evaluate.run:run_eval",
          "score a model, a baseline or a predictions file: metrics, report, plots"),
     Verb("compare", "dutrain.config.compare:CompareConfig", "dutrain.tracking.compare:run_compare",
@@ -50,5 +52,5 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
 ]}
 
 # Listed in the order a user meets them (docs/design.md §7).
-_ORDER = ("generate", "sft", "rl", "eval", "restore", "compare", "pipeline", "submit")
+_ORDER = ("generate", "sft", "offline", "rl", "eval", "restore", "compare", "pipeline", "submit")
 VERBS = {k: VERBS[k] for k in sorted(VERBS, key=lambda k: _ORDER.index(k) if k in _ORDER else 99)}

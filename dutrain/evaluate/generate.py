@@ -32,6 +32,16 @@ class _Worker:
                                     seed=g["seed"], structured=g["structured"])
         return [o[0].text for o in outs], sum(len(o[0].token_ids) for o in outs)
 
+    def complete_seeded(self, items: Sequence[tuple[bytes, int]]) -> tuple[list[str], int]:
+        """Like `complete`, each (image, seed) its own request with its own seed: K copies of
+        one image with K seeds give K independent samples (one shared seed would repeat one)."""
+        from dutrain.io.dataset import decode_png
+        g = self.gen
+        outs = self.engine.generate([decode_png(p) for p, _ in items], n=1,
+                                    temperature=g["temperature"], max_tokens=g["max_tokens"],
+                                    seed=[int(s) for _, s in items], structured=g["structured"])
+        return [o[0].text for o in outs], sum(len(o[0].token_ids) for o in outs)
+
     def complete_scored(self, pngs: Sequence[bytes]
                         ) -> tuple[list[tuple[str, list[str], list[float]]], int]:
         """Like `complete`, each text with its tokens' decoded pieces and sampled log-probs."""
@@ -71,6 +81,16 @@ def vllm_completions(model_dir: str, pngs: Sequence[bytes],
     """Completions for `pngs`, in order, from `gen.workers` engine actors (Ray initialised)."""
     out, stats = _generate(model_dir, pngs, gen, "complete")
     return [o or "" for o in out], stats
+
+
+def vllm_samples(model_dir: str, pngs: Sequence[bytes], k: int, gen: Any
+                 ) -> tuple[list[list[str]], GenerationStats]:
+    """`k` sampled completions per image (row i, sample j seeded gen.seed + i * k + j), in
+    order: the offline stage's samples (`gen.temperature` > 0)."""
+    items = [(p, gen.seed + i * k + j) for i, p in enumerate(pngs) for j in range(k)]
+    out, stats = _generate(model_dir, items, gen, "complete_seeded")
+    flat = [o or "" for o in out]
+    return [flat[i * k:(i + 1) * k] for i in range(len(pngs))], stats
 
 
 def vllm_scored_completions(model_dir: str, pngs: Sequence[bytes], gen: Any
