@@ -1,6 +1,7 @@
 """`dutrain offline` end to end on the tiny model (issue 20): vLLM samples in Ray actors, scored
 with the structured reward, Parquet beside the run, pair statistics in MLflow, DPO with TRL's
-DPOTrainer, and a final checkpoint that loads; bad inputs are one-line errors before any actor.
+DPOTrainer, and a final checkpoint that `dutrain eval` serves; bad inputs are one-line errors
+before any actor.
 
 The random tiny model under the answer grammar at temperature 1 gives valid answers whose
 rewards differ between samples (tests/integration/test_eval_model.py), so pairs exist.
@@ -60,6 +61,11 @@ def test_offline_samples_scores_pairs_and_trains(dataset, tmp_path, ray_local, c
     m = run.data.metrics
     assert m["pairs/kept"] == len(pairs) and m["pairs/chosen_reward"] > m["pairs/rejected_reward"]
     assert "pairs/mean_margin" in m and "train/logp_margin_after" in m
+    # the final checkpoint is an ordinary model for `dutrain eval` (vLLM actors)
+    assert main(["eval", f"model={out / 'final'}", f"dataset={dataset}", "splits=[test]",
+                 f"output={tmp_path / 'eval'}", "tracking.enabled=false", "plots=false",
+                 *GEN]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/n"] == 2
 
 
 def _one_line_error(capsys, argv):
