@@ -1,4 +1,5 @@
-"""`dutrain pipeline`: generate → sft → rl → eval → restore → compare, one parent MLflow run.
+"""`dutrain pipeline`: generate → sft → [offline] → rl → eval → restore → compare, one parent
+MLflow run (offline runs when listed in `stages`; rl then starts from its model).
 
 Each stage runs in this process through its verb's own runner, as a child MLflow run of the
 pipeline run (`DUTRAIN_PARENT_RUN_ID`), on the one Ray cluster the pipeline opened. A stage that
@@ -79,11 +80,21 @@ def checkpoint_of(cfg: PipelineConfig, stage: str) -> str:
     return store(cfg, stage, "final")
 
 
+def evaluated_stage(cfg: PipelineConfig) -> str:
+    """The stage whose model eval/restore use: `eval_model`, but sft's when eval_model is rl
+    and rl does not run."""
+    return "sft" if cfg.eval_model == "rl" and "rl" not in cfg.stages else cfg.eval_model
+
+
+def rl_start(cfg: PipelineConfig) -> str:
+    """The stage rl starts from: offline when it runs, else sft."""
+    return "offline" if "offline" in cfg.stages else "sft"
+
+
 def plan(cfg: PipelineConfig) -> list[StageJob]:
     w = Path(cfg.workdir)
     data = store(cfg, "data")
-    model = checkpoint_of(cfg, cfg.eval_model if "rl" in cfg.stages or cfg.eval_model == "sft"
-                          else "sft")
+    model = checkpoint_of(cfg, evaluated_stage(cfg))
     jobs: list[StageJob] = []
     for stage in cfg.stages:
         if stage == "generate":
@@ -92,9 +103,13 @@ def plan(cfg: PipelineConfig) -> list[StageJob]:
         elif stage == "sft":
             jobs.append(StageJob(stage, "sft", "sft", _stage_cfg(
                 cfg, stage, dataset=data, output=store(cfg, "sft"))))
+        elif stage == "offline":
+            jobs.append(StageJob(stage, "offline", "offline", _stage_cfg(
+                cfg, stage, dataset=data, model=checkpoint_of(cfg, "sft"),
+                output=store(cfg, "offline"))))
         elif stage == "rl":
             jobs.append(StageJob(stage, "rl", "rl", _stage_cfg(
-                cfg, stage, dataset=data, model=checkpoint_of(cfg, "sft"),
+                cfg, stage, dataset=data, model=checkpoint_of(cfg, rl_start(cfg)),
                 output=store(cfg, "rl"))))
         elif stage == "eval":
             systems = [model] + list(cfg.baselines)
@@ -283,7 +298,8 @@ def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
             lines += ["", "restoration PSNR (dB): "
                       + ", ".join(f"{k} {v:.2f}" for k, v in psnr.items())]
     uri = tracking_uri(cfg.tracking.uri)
-    lines += ["", f"outputs under {cfg.workdir}/ (data, sft, rl, eval, restore, compare)"]
+    lines += ["", f"outputs under {cfg.workdir}/ (data, sft, offline, rl, eval, restore, "
+                  f"compare)"]
     if uri.startswith("sqlite:///"):
         lines.append(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
                      f"--port 5000  → http://127.0.0.1:5000")
@@ -303,11 +319,13 @@ def preflight_pipeline(cfg: PipelineConfig) -> None:
         list_sources(cfg.generate.sources, cfg.generate.storage)
     if "sft" in cfg.stages:
         preflight.model("sft.model", cfg.sft.model, cfg.sft.storage)
-    elif "rl" in cfg.stages and not preflight_exists(checkpoint_of(cfg, "sft")):
-        raise PipelineError(f"stage 'rl' starts from the sft stage's model "
-                            f"'{checkpoint_of(cfg, 'sft')}', which does not exist; add 'sft' to "
-                            f"'stages' or run it first")
-    evaluated = cfg.eval_model if "rl" in cfg.stages or cfg.eval_model == "sft" else "sft"
+    else:
+        first = next((s for s in ("offline", "rl") if s in cfg.stages), None)
+        if first and not preflight_exists(checkpoint_of(cfg, "sft")):
+            raise PipelineError(f"stage '{first}' starts from the sft stage's model "
+                                f"'{checkpoint_of(cfg, 'sft')}', which does not exist; add "
+                                f"'sft' to 'stages' or run it first")
+    evaluated = evaluated_stage(cfg)
     users = [s for s in ("eval", "restore") if s in cfg.stages]
     if users and evaluated not in cfg.stages:  # the model those stages use must exist already
         try:
@@ -316,8 +334,8 @@ def preflight_pipeline(cfg: PipelineConfig) -> None:
         except UserError as exc:
             raise PipelineError(f"{exc}; add '{evaluated}' to 'stages' or run it first"
                                 ) from None
-    if "generate" not in cfg.stages and any(s in cfg.stages for s in ("sft", "rl", "eval",
-                                                                      "restore")):
+    if "generate" not in cfg.stages and any(s in cfg.stages for s in ("sft", "offline", "rl",
+                                                                      "eval", "restore")):
         try:
             preflight.dataset("data", store(cfg, "data"), cfg.generate.storage)
         except UserError as exc:

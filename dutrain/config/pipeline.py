@@ -4,7 +4,8 @@ Each stage section is that verb's own config. `stage_configs` names a YAML per s
 applied as the base of its section (so the pipeline reuses `workflows/configs/<verb>/demo.yaml`
 instead of repeating it); the pipeline file and key=value overrides go on top
 (`sft.max_steps=20`). The pipeline then wires outputs to inputs under `workdir`, overriding the
-sections' own paths: generate → `storage_root/data`, sft → `storage_root/sft`, rl →
+sections' own paths: generate → `storage_root/data`, sft → `storage_root/sft`, offline →
+`storage_root/offline` (off unless listed in `stages`; then rl starts from its model), rl →
 `storage_root/rl` (storage_root defaults to workdir; s3:// on a cluster), eval →
 `workdir/eval/<system>`, restore → `workdir/restore`, compare → `workdir/compare`.
 """
@@ -18,11 +19,14 @@ from .compare import CompareConfig
 from .core import ConfigError, configclass, option, read_yaml
 from .eval import EvalConfig
 from .generate import GenerateConfig
+from .offline import OfflineConfig
 from .restore import RestoreConfig
 from .rl import RLConfig
 from .sft import SFTConfig
 
-PIPELINE_STAGES = ("generate", "sft", "rl", "eval", "restore", "compare")
+PIPELINE_STAGES = ("generate", "sft", "offline", "rl", "eval", "restore", "compare")
+#: the stages run when `stages` is not given: offline RL is switched on by listing it
+DEFAULT_STAGES = tuple(s for s in PIPELINE_STAGES if s != "offline")
 
 
 @configclass
@@ -31,7 +35,7 @@ class PipelineConfig:
                                        "the pipeline's completion markers")
     storage_root: str | None = option(None, "where data and checkpoints go (s3://bucket/prefix on "
                                             "a cluster; default: workdir)")
-    stages: list[str] = option(default_factory=lambda: list(PIPELINE_STAGES),
+    stages: list[str] = option(default_factory=lambda: list(DEFAULT_STAGES),
                                doc=f"stages to run, in order (subset of "
                                    f"{', '.join(PIPELINE_STAGES)})")
     force: list[str] = option(default_factory=list,
@@ -42,9 +46,11 @@ class PipelineConfig:
     baselines: list[str] = option(default_factory=lambda: ["baseline:prior", "baseline:classical"],
                                   doc="baselines evaluated beside the trained model")
     eval_model: str = option("rl", "which checkpoint the eval/restore stages use",
-                             choices=("rl", "sft"))
+                             choices=("rl", "offline", "sft"))
     generate: GenerateConfig = option(default_factory=GenerateConfig, doc="generate stage")
     sft: SFTConfig = option(default_factory=SFTConfig, doc="sft stage")
+    offline: OfflineConfig = option(default_factory=OfflineConfig,
+                                    doc="offline stage (DPO on scored samples; off by default)")
     rl: RLConfig = option(default_factory=RLConfig, doc="rl stage")
     eval: EvalConfig = option(default_factory=EvalConfig, doc="eval stage (model and baselines)")
     restore: RestoreConfig = option(default_factory=RestoreConfig, doc="restore stage")

@@ -32,7 +32,7 @@ def _load(path: str) -> Any:
 
 VERBS: dict[str, Verb] = {v.name: v for v in [
     Verb("pipeline", "dutrain.config.pipeline:PipelineConfig", "dutrain.pipeline:run",
-         "generate → sft → rl → eval → restore → compare under one parent MLflow run"),
+         "generate → sft → [offline] → rl → eval → restore → compare, one parent MLflow run"),
     Verb("generate", "dutrain.config.generate:GenerateConfig", "dutrain.data.generate:run",
          "synthesize clean/degraded pairs with exact annotations (Ray Data → Parquet)"),
     Verb("sft", "dutrain.config.sft:SFTConfig", "dutrain.sft.run:run",
