@@ -305,17 +305,25 @@ def replace(cfg: T, **changes: Any) -> T:
     return load_config(type(cfg), overrides=data)
 
 
-def help_rows(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, doc) for every key of a config class, for `dutrain VERB --help`."""
+def help_rows(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every key of a config class, for `dutrain VERB --help`.
+
+    `defaults`: an instance whose values are the defaults shown (a section whose factory
+    changes its class's defaults, e.g. the offline stage's sampling temperature)."""
     rows = []
     for f in fields(cls):
         tp = _resolved_type(cls, f.name)
         sub = _dataclass_of(tp)
         key = f"{prefix}{f.name}"
         if sub is not None:
-            rows += help_rows(sub, f"{key}.")
+            inner = getattr(defaults, f.name, None) if defaults is not None else None
+            if inner is None and f.default_factory is not MISSING:  # type: ignore[misc]
+                inner = f.default_factory()  # type: ignore[misc]
+            rows += help_rows(sub, f"{key}.", inner if isinstance(inner, sub) else None)
             continue
-        if f.default is not MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not MISSING:
             default = f.default
         elif f.default_factory is not MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
