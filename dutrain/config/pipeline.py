@@ -64,12 +64,17 @@ class PipelineConfig:
         files: dict[str, str] = {}
         for layer in layers:
             files.update(layer.get("stage_configs") or {})
+        # only the listed stages' files are read: a preset may name a file for an optional stage
+        # (offline) by a path relative to the repo, which need not exist where the run starts
+        listed = next((layer["stages"] for layer in reversed(layers)
+                       if isinstance(layer.get("stages"), list)), None)
         base = []
         for stage, path in files.items():
             if stage not in PIPELINE_STAGES:
                 raise ConfigError(f"bad key in 'stage_configs': {stage!r} (allowed: "
                                   f"{', '.join(PIPELINE_STAGES)})")
-            base.append({stage: read_yaml(path)})
+            if listed is None or stage in listed:
+                base.append({stage: read_yaml(path)})
         return base + layers
 
     def validate(self) -> None:

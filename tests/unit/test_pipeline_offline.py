@@ -47,3 +47,13 @@ def test_offline_without_an_sft_model_fails_before_anything_runs(tmp_path):
                                                  "stages=[offline]"])
     with pytest.raises(UserError, match="stage 'offline' starts from the sft stage's model"):
         preflight_pipeline(cfg)
+
+
+def test_an_unlisted_stage_file_is_not_read(tmp_path):
+    """A preset names offline's file by a repo-relative path; a run started elsewhere that does
+    not list the stage must not need it, one that lists it must name the missing file."""
+    missing = str(tmp_path / "nowhere/offline.yaml")
+    layers = [{"stages": ["generate", "sft"], "stage_configs": {"offline": missing}}]
+    assert PipelineConfig.expand_layers(layers) == layers
+    with pytest.raises(UserError, match="nowhere/offline.yaml"):
+        PipelineConfig.expand_layers(layers + [{"stages": ["generate", "sft", "offline"]}])
