@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import Any, Callable
 
 import fsspec
@@ -43,6 +44,11 @@ def filesystem(uri: str, storage: Any = None) -> tuple[fsspec.AbstractFileSystem
         fs, path = fsspec.core.url_to_fs(uri)
         return fs, path
     return fsspec.filesystem("file"), os.path.abspath(uri)
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (Ray workers run in another directory); URIs unchanged."""
+    return uri if is_remote(uri) else str(Path(uri).expanduser().resolve())
 
 
 def join(uri: str, *parts: str) -> str:

@@ -30,7 +30,7 @@ from dutrain.config.offline import OfflineConfig
 from dutrain.errors import UserError
 from dutrain.evaluate.generate import vllm_samples
 from dutrain.io.dataset import DatasetError, decode_png, read_table
-from dutrain.io.storage import is_remote
+from dutrain.io.storage import absolute
 from dutrain.models import encode_sft, load_model, load_processor, resolve_model
 from dutrain.models.prompts import messages, to_pil
 from dutrain.rewards import score
@@ -43,9 +43,6 @@ from .pairs import Pair, best_samples, build_pairs, pair_stats
 
 REWARD_COLUMNS = ("format", "type", "key", "value", "total")
 
-
-def _abs(uri: str) -> str:
-    return uri if is_remote(uri) else str(Path(uri).expanduser().resolve())
 
 
 def check_inputs(cfg: OfflineConfig) -> None:
@@ -180,7 +177,7 @@ def train_dpo(cfg: OfflineConfig, model_dir: str, pairs: list[dict[str, Any]],
 
 def run(cfg: OfflineConfig) -> int:
     check_inputs(cfg)
-    output = _abs(cfg.output)
+    output = absolute(cfg.output)
     model_dir = str(resolve_model(cfg.model, storage=cfg.storage))
     table = read_table(cfg.dataset, ["train"], ["sample_id", "degraded", "annotation"],
                        cfg.train_limit, cfg.storage)

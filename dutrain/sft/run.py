@@ -18,7 +18,7 @@ from ray.train.torch import TorchTrainer
 
 from dutrain.config import to_dict
 from dutrain.config.sft import SFTConfig
-from dutrain.io.storage import filesystem, is_remote
+from dutrain.io.storage import absolute, filesystem, is_remote
 from dutrain.models import resolve_model
 from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
@@ -30,9 +30,6 @@ from .loop import train_loop
 
 RUN_NAME = "train"
 
-
-def _abs(uri: str) -> str:
-    return uri if is_remote(uri) else str(Path(uri).expanduser().resolve())
 
 
 def _storage(output: str, storage: Any) -> tuple[str, Any]:
@@ -63,7 +60,7 @@ def run(cfg: SFTConfig) -> int:
     preflight.model("model", cfg.model, cfg.storage)
     preflight.output_location("output", cfg.output, cfg.storage)
     preflight.tracking(cfg.tracking)
-    output, dataset = _abs(cfg.output), _abs(cfg.dataset)
+    output, dataset = absolute(cfg.output), absolute(cfg.dataset)
     # build the tiny model once for every worker, and check a local checkpoint before any work;
     # hub and s3 models are fetched by the workers themselves (not onto the driver)
     model_dir = cfg.model
