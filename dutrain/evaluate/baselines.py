@@ -225,7 +225,10 @@ class ClassicalBaseline:
         return canonicalize({"degradations": chain})
 
     def complete_one(self, image: np.ndarray) -> str:
-        f = measure(image)
+        return self.complete_from(measure(image))
+
+    def complete_from(self, f: Mapping[str, float]) -> str:
+        """The answer for an image whose estimator reading (`measure`) is already at hand."""
         ann = self.predict(f)
         why = (f"Classical estimates: JPEG periodicity {f['jpeg_score']:.2f} at quality "
                f"{f['jpeg_quality']:.0f}, noise sigma {f['noise_sigma']:.1f}, edge width "

@@ -89,7 +89,6 @@ class ClientStats:
     cache_hits: int = 0
     retries: int = 0
     errors: int = 0
-    unasked: int = 0
     seconds: float = 0.0
     error_kinds: dict[str, int] = field(default_factory=dict)
 
@@ -283,13 +282,11 @@ class OpenAIClient:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
             replies = list(pool.map(self.complete_one, pngs))
-        self.stats.seconds = time.perf_counter() - t0
+        self.stats.seconds += time.perf_counter() - t0
         for r in replies:
             if r.error:
                 self.stats.errors += 1
                 kind = r.error.split(":")[0] if r.error.startswith("not asked") else \
                     r.error.split(" (")[0]
                 self.stats.error_kinds[kind] = self.stats.error_kinds.get(kind, 0) + 1
-                if r.error.startswith("not asked"):
-                    self.stats.unasked += 1
         return replies

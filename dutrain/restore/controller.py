@@ -82,7 +82,6 @@ class Outcome:
     steps: list[StepRecord] = field(default_factory=list)
     reason: str = ""  # why the whole image was left as it is (e.g. unparseable answer)
     #: per step: the float image after it (for calibration); not kept beyond the call otherwise
-    trace: list[np.ndarray] = field(default_factory=list, repr=False)
 
     @property
     def touched(self) -> bool:
@@ -167,7 +166,7 @@ def reading(image_uint8: np.ndarray) -> dict[str, float]:
 def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
             scores: Mapping[str, float] | None, thresholds: Mapping[str, float | None],
             calibration: Mapping[str, Any], measure: Measure,
-            before: Mapping[str, float] | None = None, keep_trace: bool = False) -> Outcome:
+            before: Mapping[str, float] | None = None) -> Outcome:
     """Restore one image step by step under the guard of the module doc.
 
     `scores`: type → confidence (None: no confidence, every step is skipped); `thresholds`:
@@ -196,10 +195,6 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
     cur_feats = dict(before) if before is not None else dict(measure(img))
     st = State()
 
-    def trace(img_f: np.ndarray) -> None:
-        if keep_trace:
-            out.trace.append(img_f)
-
     for s in steps:
         score = None if scores is None else scores.get(s.type)
         th = thresholds.get(s.type)
@@ -207,11 +202,9 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
         out.steps.append(rec)
         if score is None:
             rec.reason = "no confidence for this predictor"
-            trace(x)
             continue
         if th is not None and not score >= th:
             rec.reason = f"confidence {score:.3g} below threshold {th:.3g}"
-            trace(x)
             continue
         saved_sigma = st.sigma
         try:
@@ -220,12 +213,10 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
         except (ValueError, ArithmeticError, np.linalg.LinAlgError, IndexError) as exc:
             st.sigma = saved_sigma
             rec.action, rec.reason = "failed", f"operator failed: {exc}"
-            trace(x)
             continue
         if y.shape != x.shape or not np.all(np.isfinite(y)):
             st.sigma = saved_sigma
             rec.action, rec.reason = "failed", "non-finite or misshaped result"
-            trace(x)
             continue
         y = np.clip(y, 0, 1).astype(np.float32)
         y_u8 = to_uint8(y)
@@ -235,11 +226,9 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
         if not ok:
             st.sigma = saved_sigma
             rec.action, rec.reason = "rolled_back", why
-            trace(x)
             continue
         rec.action = "applied"
         x, cur_u8, cur_feats = y, y_u8, after
-        trace(x)
     out.image = cur_u8
     return out
 
@@ -412,7 +401,7 @@ def _predict(cfg: Any, base: Any, images: Sequence[np.ndarray]
     probabilities from the sampled tokens' log-probs)."""
     feats = [reading(im) for im in images]
     if cfg.model == "baseline:classical":
-        texts = [base.complete_one(im) for im in images]
+        texts = [base.complete_from(f) for f in feats]  # reading() ⊇ measure(): one pass
         return texts, [classical_scores(base.calibration, f) for f in feats], feats
     import io
 
