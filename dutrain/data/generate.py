@@ -33,7 +33,7 @@ from dutrain import __version__
 from dutrain.config import redacted, to_dict
 from dutrain.config.generate import GenerateConfig
 from dutrain.errors import UserError
-from dutrain.io.dataset import COLUMNS, parquet_dataset, read_table
+from dutrain.io.dataset import CARD_FILE, COLUMNS, PLAN_FILE, parquet_dataset, read_table
 from dutrain.io.images import Rejected, check_size, is_text, printable_name
 from dutrain.io.storage import filesystem, is_remote, s3_options
 from dutrain.runtime import preflight
@@ -45,8 +45,6 @@ from .plan import PlanError, plan_crops, plan_shards, shard_name, split_of
 from .shard import run_shard
 from .sources import SourceRef, list_sources, load_source, train_only
 
-PLAN_FILE = "_plan.json"
-CARD_FILE = "dataset_card.json"
 PREVIEW_FILE = "preview.png"
 TMP_DIR = "_tmp"
 #: config keys that decide the rows; a resumed output must agree on all of them

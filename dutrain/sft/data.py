@@ -18,7 +18,7 @@ from ray.data.expressions import col
 
 from dutrain.config import ConfigError
 from dutrain.degrade import measure_cues, write_reasoning
-from dutrain.io.dataset import DatasetError, decode_png, parquet_dataset, read_table
+from dutrain.io.dataset import decode_png, parquet_dataset, read_table
 from dutrain.io.storage import filesystem
 from dutrain.schema import render_answer
 
@@ -45,9 +45,7 @@ def add_targets(batch: dict[str, Any], mode: str) -> dict[str, Any]:
 
 def parquet_files(root: str, storage: Any = None) -> tuple[list[str], Any]:
     """The dataset's Parquet files in a fixed (sorted) order, and the pyarrow filesystem."""
-    files = sorted(parquet_dataset(root, storage).files)
-    if not files:
-        raise DatasetError(f"no Parquet files under '{root}'")
+    files = sorted(parquet_dataset(root, storage).files)  # refuses an empty or damaged dataset
     fs, _ = filesystem(root, storage)
     return files, PyFileSystem(FSSpecHandler(fs))
 

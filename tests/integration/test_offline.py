@@ -84,9 +84,10 @@ def test_bad_inputs_are_one_line_errors(dataset, tmp_path, capsys):
     bad.mkdir()
     (bad / "config.json").write_text("{not json")
     err = _one_line_error(capsys, ["offline", f"model={bad}", *base])
-    assert "model" in err
+    assert "bad value for 'model'" in err and "config.json' is not JSON" in err
     no_train = write_dataset(tmp_path / "nt", {"test": 3}, size=64, seed=4)
     err = _one_line_error(capsys, ["offline", "model=tiny", f"dataset={no_train}",
                                    f"output={tmp_path / 'o'}", off])
-    assert "train" in err
+    # the message names the dataset and the split it lacks ("dutrain" alone contains "train")
+    assert "bad value for 'dataset'" in err and "has no 'train' rows" in err
     assert not (tmp_path / "o").exists()
