@@ -49,8 +49,12 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
          "tabulate and chart MLflow runs: params that differ and chosen metrics"),
     Verb("restore", "dutrain.config.restore:RestoreConfig", "dutrain.restore.run:run",
          "restore images with the physics an annotation names (given, true or predicted)"),
+    Verb("sweep", "dutrain.config.sweep:SweepConfig", "dutrain.sweep.run:run",
+         "a search space over any verb's keys as Ray Tune trials: one MLflow parent run, a "
+         "child per trial, resumable, a sorted table and charts"),
 ]}
 
 # Listed in the order a user meets them (docs/design.md §7).
-_ORDER = ("generate", "sft", "offline", "rl", "eval", "restore", "compare", "pipeline", "submit")
+_ORDER = ("generate", "sft", "offline", "rl", "eval", "restore", "compare", "pipeline", "sweep",
+          "submit")
 VERBS = {k: VERBS[k] for k in sorted(VERBS, key=lambda k: _ORDER.index(k) if k in _ORDER else 99)}

@@ -39,19 +39,24 @@ HEADLINE = ("type_f1", "type_exact", "format_valid", "key_acc", "value_nmae", "v
 
 @dataclass
 class Comparison:
-    runs: list[Any]  # mlflow.entities.Run, oldest first
+    runs: list[Any]  # mlflow.entities.Run, oldest first (or as sorted by `sorted_by`)
     params: list[str]  # param keys shown
     metrics: list[str]  # metric keys shown
+    show_status: bool = False  # a status column (FINISHED, FAILED, ...): a sweep's failed trials
+
+    def _lead(self, r: Any) -> list[str]:
+        return [r.data.tags.get("dutrain.stage", "")] + ([r.info.status] if self.show_status
+                                                          else [])
 
     def header(self) -> list[str]:
-        return ["run", "id", "stage", *self.params, *self.metrics]
+        return ["run", "id", "stage", *(["status"] if self.show_status else []), *self.params,
+                *self.metrics]
 
     def rows(self) -> list[list[str]]:
         out = []
         for r in self.runs:
             p, m = r.data.params, r.data.metrics
-            out.append([r.info.run_name or "", r.info.run_id[:8],
-                        r.data.tags.get("dutrain.stage", ""),
+            out.append([r.info.run_name or "", r.info.run_id[:8], *self._lead(r),
                         *[p.get(k, "–") for k in self.params],
                         *[_num(m.get(k)) for k in self.metrics]])
         return out
@@ -66,9 +71,9 @@ class Comparison:
     def csv(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["run", "run_id", "stage", *self.params, *self.metrics])
+        w.writerow(["run", "run_id", *self.header()[2:]])
         for r in self.runs:
-            w.writerow([r.info.run_name or "", r.info.run_id, r.data.tags.get("dutrain.stage", ""),
+            w.writerow([r.info.run_name or "", r.info.run_id, *self._lead(r),
                         *[r.data.params.get(k, "") for k in self.params],
                         *[r.data.metrics.get(k, "") for k in self.metrics]])
         return buf.getvalue()
@@ -81,6 +86,29 @@ class Comparison:
             return "  ".join(c[:w].ljust(w) for c, w in zip(row, widths))
 
         return "\n".join([fmt(table[0]), fmt(["-" * w for w in widths]), *map(fmt, table[1:])])
+
+    def sorted_by(self, metric: str, mode: str = "max") -> "Comparison":
+        """The same comparison, best run first by `metric` (`mode` max or min); runs without
+        the metric (failed ones) last."""
+        sign = -1.0 if mode == "max" else 1.0
+
+        def key(r: Any) -> tuple[int, float]:
+            v = r.data.metrics.get(metric)
+            return (1, 0.0) if v is None or v != v else (0, sign * float(v))
+
+        return Comparison(sorted(self.runs, key=key), self.params, self.metrics, self.show_status)
+
+    def write(self, out: Path, stem: str = "compare", chart: str = "bar",
+              title: str = "dutrain compare") -> list[Path]:
+        """`stem`.md, `stem`.csv and (when there are metrics) the chart `stem`.png in `out`."""
+        out.mkdir(parents=True, exist_ok=True)
+        written = [out / f"{stem}.md", out / f"{stem}.csv"]
+        written[0].write_text(f"# {title}\n\n" + self.markdown() + "\n")
+        written[1].write_text(self.csv())
+        if self.metrics:
+            plot(self, out / f"{stem}.png", chart)
+            written.append(out / f"{stem}.png")
+        return written
 
 
 def _num(v: Any) -> str:
@@ -203,6 +231,43 @@ def plot(comp: Comparison, path: Path, kind: str = "bar") -> None:
     plt.close(fig)
 
 
+def plot_against(comp: Comparison, metric: str, params: Sequence[str], path: Path,
+                 log_x: Sequence[str] = (), title: str = "") -> None:
+    """One panel per param: `metric` of every run against that param's value (numbers on a
+    numeric axis, log-scaled for the keys in `log_x`; other values as categories). Runs without
+    the metric (failed) are left out."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(params))
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.2 * rows), squeeze=False)
+    have = [r for r in comp.runs if r.data.metrics.get(metric) is not None]
+    y = [float(r.data.metrics[metric]) for r in have]
+    for ax, p in zip(axes.flat, params):
+        raw = [r.data.params.get(p, "–") for r in have]
+        try:
+            x: list[Any] = [float(v) for v in raw]
+            ax.scatter(x, y)
+            if p in log_x:
+                ax.set_xscale("log")
+        except ValueError:  # categories, in order of first appearance
+            cats = list(dict.fromkeys(raw))
+            ax.scatter([cats.index(v) for v in raw], y)
+            ax.set_xticks(range(len(cats)), [c[:16] for c in cats], fontsize=8, rotation=20)
+        ax.set_xlabel(p, fontsize=9)
+        ax.set_ylabel(metric, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(params):]:
+        ax.axis("off")
+    fig.suptitle(title or f"{metric} against each swept parameter")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def compare(cfg: Any) -> tuple[Comparison, Path]:
     """Select, tabulate and write the comparison (no MLflow run of its own)."""
     # lazy: mlflow is slow to import and every runner imports dutrain.tracking for stage_run
@@ -220,11 +285,7 @@ def compare(cfg: Any) -> tuple[Comparison, Path]:
     comp = Comparison(runs, differing_params(runs, cfg.params, cfg.ignore_params),
                       choose_metrics(runs, cfg.metrics, cfg.max_metrics))
     out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.md").write_text("# dutrain compare\n\n" + comp.markdown() + "\n")
-    (out / "compare.csv").write_text(comp.csv())
-    if comp.metrics:
-        plot(comp, out / "compare.png", cfg.chart)
+    comp.write(out, "compare", cfg.chart)
     return comp, out
 
 

@@ -27,6 +27,9 @@ PARENT_ENV = "DUTRAIN_PARENT_RUN_ID"
 #: set by `dutrain pipeline`: a stable id of its workdir, tagged on every stage run so a rerun
 #: (a new parent run) still finds the runs of stages it skipped
 PIPELINE_ENV = "DUTRAIN_PIPELINE_ID"
+#: set by a `dutrain sweep` trial: the id of the child run it made for itself; the next stage run
+#: in that process logs into it (and clears the variable) instead of making a run of its own
+RUN_ENV = "DUTRAIN_RUN_ID"
 _MAX_PARAM = 6000  # MLflow's param value limit
 
 
@@ -123,11 +126,12 @@ def _param_str(v: Any) -> str:
 @contextlib.contextmanager
 def stage_run(cfg: Any, stage: str, *, run_name: str | None = None,
               params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None,
-              rank_zero: bool | None = None) -> Iterator[Tracker]:
+              rank_zero: bool | None = None, run_id: str | None = None) -> Iterator[Tracker]:
     """An MLflow run for one stage with the redacted config as params and tag dutrain.stage.
 
     Yields a no-op Tracker off rank 0 or when ``cfg.tracking.enabled`` is false. The run ends
-    FAILED if the body raises (the exception propagates).
+    FAILED if the body raises (the exception propagates). `run_id` (else ``$DUTRAIN_RUN_ID``,
+    which is then cleared): an existing run to log into and end, instead of a new one.
     """
     tcfg = getattr(cfg, "tracking", None)
     enabled = tcfg is None or tcfg.enabled
@@ -154,18 +158,38 @@ def stage_run(cfg: Any, stage: str, *, run_name: str | None = None,
     if os.environ.get(PIPELINE_ENV):
         all_tags["dutrain.pipeline"] = os.environ[PIPELINE_ENV]
     all_tags.update(tags or {})
-    run = client.create_run(exp_id, tags={k: scrub(str(v)) for k, v in all_tags.items()},
-                            run_name=name)
+    adopt = run_id or os.environ.pop(RUN_ENV, None)
+    run = _adopt(client, adopt, all_tags) if adopt else None
+    if run is None:
+        run = client.create_run(exp_id, tags={k: scrub(str(v)) for k, v in all_tags.items()},
+                                run_name=name)
     tracker = Tracker(client, run.info.run_id, run.info.artifact_uri)
     status = "FAILED"
     try:
         conf = redacted(cfg) if cfg is not None else {}
-        tracker.log_params({**flatten(conf), **(params or {})})
+        logged = run.data.params if adopt else {}  # an adopted run keeps the params it has
+        tracker.log_params({k: v for k, v in {**flatten(conf), **(params or {})}.items()
+                            if k not in logged})
         tracker.log_dict(conf, "config.yaml")
         yield tracker
         status = "FINISHED"
     finally:
         client.set_terminated(run.info.run_id, status=status)
+
+
+def _adopt(client: Any, run_id: str, tags: dict[str, Any]) -> Any:
+    """The existing run `run_id`, running again, with `tags` set (its name and parent kept);
+    None when the store does not hold it."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - another store, or deleted: start a new run instead
+        return None
+    client.update_run(run_id, status="RUNNING")
+    for k, v in tags.items():
+        if k not in (MLFLOW_RUN_NAME, MLFLOW_PARENT_RUN_ID):
+            client.set_tag(run_id, k, scrub(str(v)))
+    return run
 
 
 def _create_experiment(client: Any, name: str) -> str:
