@@ -7,13 +7,18 @@ export RAY_USAGE_STATS_ENABLED := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv lint test test-unit demo bench tracking-server clean
+.PHONY: venv photos lint test test-unit demo bench tracking-server clean
 
-$(STAMP): pyproject.toml requirements/constraints-cpu.txt scripts/setup_env.sh scripts/fix_torchvision_cpu.sh
+$(STAMP): pyproject.toml requirements/constraints-cpu.txt scripts/setup_env.sh scripts/fix_torchvision_cpu.sh dutrain/data/photos.json
 	VENV=$(VENV) scripts/setup_env.sh
+	$(PY) -m dutrain.data.photos install  # the packaged photos (a warning, not a stop, if one cannot be had)
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Real photographs of the `photos` source into ~/.cache/dutrain/photos ($$DUTRAIN_PHOTOS_DIR)
+photos: $(STAMP)
+	$(PY) -m dutrain.data.photos install --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dutrain tests

@@ -316,7 +316,8 @@ def preflight_pipeline(cfg: PipelineConfig) -> None:
         preflight.output_location("storage_root", cfg.storage_root, cfg.generate.storage)
     preflight.tracking(cfg.tracking)
     if "generate" in cfg.stages:
-        list_sources(cfg.generate.sources, cfg.generate.storage)
+        list_sources(cfg.generate.sources, cfg.generate.storage,
+                     not cfg.generate.require_photos)
     if "sft" in cfg.stages:
         preflight.model("sft.model", cfg.sft.model, cfg.sft.storage)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dutrain.data.photos import PHOTOS, groups
 from dutrain.degrade.procedural import parse_spec
 from dutrain.schema import TYPES
 
@@ -14,8 +15,13 @@ class GenerateConfig:
     output: str = option("runs/data/demo", "dataset root: a local directory or s3://bucket/prefix")
     sources: list[str] = option(default_factory=lambda: ["builtin"], doc=(
         "clean images: local directories (recursive), s3://bucket/prefix, a .txt file listing "
-        "paths/URIs (one per line), 'builtin' (scikit-image's photos, offline) or 'dead_leaves:N' "
-        "(N procedural images, always in the train split)"))
+        "paths/URIs (one per line), 'builtin' (scikit-image's photos, offline), 'photos' or "
+        "'photos:GROUP' (real photographs installed by `make venv`, dutrain/data/photos.json; a "
+        "folder named photos needs ./photos) or 'dead_leaves:N' (N procedural images, always in "
+        "the train split)"))
+    require_photos: bool = option(True, "false: photos of a 'photos' source that are not "
+                                        "installed are left out with a warning (a changed file "
+                                        "is always an error)")
     samples: int = option(2000, "total rows to write (all splits, ood included)", min=1)
     image_size: int = option(128, "side of the square crops, px (smaller sources are rejected)",
                              min=16, max=8192)
@@ -61,6 +67,9 @@ class GenerateConfig:
                 parse_spec(str(spec))
             except ValueError as exc:
                 raise ConfigError(f"bad value for 'sources': {exc}") from None
+            if str(spec).startswith(f"{PHOTOS}:") and spec.split(":", 1)[1] not in groups():
+                raise ConfigError(f"bad value for 'sources': {spec!r} (allowed photo groups: "
+                                  f"{', '.join(f'{PHOTOS}:{g}' for g in groups())})")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"bad values for 'val_fraction' + 'test_fraction': "
                               f"{self.val_fraction} + {self.test_fraction} (allowed: sum < 1, "

@@ -40,6 +40,7 @@ from dutrain.runtime import preflight
 from dutrain.runtime.cluster import forwarded_env, ray_session
 from dutrain.tracking import stage_run
 
+from . import photos
 from .card import dataset_stats, preview_ids, render_preview
 from .plan import PlanError, plan_crops, plan_shards, shard_name, split_of
 from .shard import run_shard
@@ -214,7 +215,7 @@ def build_plan(ray: Any, cfg: GenerateConfig, params: dict[str, Any], fp: str,
                refs: list[SourceRef] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     if refs is None:
-        refs = list_sources(cfg.sources, cfg.storage)  # SourceError: a UserError
+        refs = list_sources(cfg.sources, cfg.storage, not cfg.require_photos)  # a UserError
     named = [r for r in refs if is_text(r.source_id) and is_text(r.uri)]
     rejects = [{"source_id": printable_name(r.source_id), "uri": printable_name(r.uri),
                 "reason": "file name is not valid UTF-8 (ids and Parquet strings must be "
@@ -323,6 +324,8 @@ def write_card_and_preview(root: Root, cfg: GenerateConfig, plan: dict[str, Any]
                                   if s in src_split},
                     "conversions": dict(sorted(conversions.items()))},
         "rejects": plan["rejects"],
+        # license and author of every packaged photo the dataset used (photos.json has the rest)
+        "attribution": photos.attribution([p["source_id"] for p in plan["sources"]]),
         "files": [{"name": s["name"], "rows": s["rows"]} for s in plan["shards"]],
         "timing": timing,
     }
@@ -367,7 +370,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         root = Root(cfg.output, cfg.storage)
         plan = prepare_output(root, cfg, params, fp)
     # sources are listed (a bad one refused) before Ray starts; a resumed plan has its own list
-    refs = list_sources(cfg.sources, cfg.storage) if plan is None else None
+    refs = list_sources(cfg.sources, cfg.storage, not cfg.require_photos) if plan is None \
+        else None
     preflight.tracking(cfg.tracking)
     opts = s3_options(cfg.storage).get("client_kwargs", {})
     storage = {"endpoint_url": opts.get("endpoint_url"), "region": opts.get("region_name")}

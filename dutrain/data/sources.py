@@ -10,8 +10,11 @@ it, so it must not depend on the machine):
 - ``list.txt`` → each line as written, without ``s3://`` or a leading ``/`` (blank lines and
   ``#`` comments skipped; relative paths are relative to the list's folder);
 - ``builtin`` → ``builtin/<name>`` for the photos scikit-image ships (no network);
+- ``photos`` / ``photos:GROUP`` → ``photos/GROUP/NAME`` for the packaged real photographs
+  (`photos.py`: a committed manifest, installed offline into a cache);
 - ``dead_leaves:N`` → ``dead_leaves/00000`` … for N procedural images (`procedural.py`); they
-  are always in the train split (`train_only`): the held-out splits measure photos.
+  are always in the train split (`train_only`), as are the built-ins that are not photographs of
+  a scene (micrographs, astronomy: `BUILTIN_TRAIN_ONLY`): the held-out splits measure photos.
 Only files with an image extension are listed; the decoder judges their content.
 """
 
@@ -32,12 +35,16 @@ from dutrain.io.images import PERMANENT_ERRNOS, Rejected, decode_image
 from dutrain.io.storage import filesystem
 from dutrain.runtime.preflight import existing_dir, s3_errors
 
+from . import photos
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
                     ".pgm", ".pnm")
 #: scikit-image's natural photos that load offline (synthetic test patterns left out)
 BUILTIN_IMAGES = ("astronaut", "brick", "camera", "cat", "cell", "chelsea", "clock", "coffee",
                   "coins", "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "moon",
                   "retina", "rocket", "stereo_motorcycle")
+#: built-ins a user would not call a photo (micrographs, a fundus image, astronomy): train only
+BUILTIN_TRAIN_ONLY = ("cell", "hubble_deep_field", "immunohistochemistry", "moon", "retina")
 BUILTIN = "builtin"
 _READ_TRIES = 3
 
@@ -104,10 +111,12 @@ def _list_file(spec: str, storage: Any) -> list[SourceRef]:
     return out
 
 
-def list_one(spec: str, storage: Any = None) -> list[SourceRef]:
+def list_one(spec: str, storage: Any = None, missing_photos_ok: bool = False) -> list[SourceRef]:
     spec = str(spec)
     if spec == BUILTIN:
         return [SourceRef(f"{BUILTIN}/{n}", f"{BUILTIN}:{n}") for n in BUILTIN_IMAGES]
+    if spec == photos.PHOTOS or spec.startswith(f"{photos.PHOTOS}:"):
+        return [SourceRef(sid, path) for sid, path in photos.list_photos(spec, missing_photos_ok)]
     try:
         procedural = parse_spec(spec)
     except ValueError as exc:
@@ -122,7 +131,7 @@ def list_one(spec: str, storage: Any = None) -> list[SourceRef]:
             return _list_file(spec, storage) if spec.endswith(".txt") else _list_s3(spec, storage)
     if "://" in spec:
         raise SourceError(f"source {spec!r}: unsupported scheme (allowed: local paths, s3://, "
-                          f"'builtin', '{DEAD_LEAVES}:N')")
+                          f"'builtin', 'photos[:GROUP]', '{DEAD_LEAVES}:N')")
     if os.path.isdir(spec):
         return _list_dir(spec)
     if os.path.isfile(spec) and spec.endswith(".txt"):
@@ -130,15 +139,18 @@ def list_one(spec: str, storage: Any = None) -> list[SourceRef]:
     if os.path.isfile(spec) and _is_image(spec):
         return [SourceRef(os.path.basename(spec), os.path.abspath(spec))]
     raise SourceError(f"source {spec!r} is not a directory, an image file, an s3:// prefix, a .txt "
-                      f"list of URIs, 'builtin' or '{DEAD_LEAVES}:N'")
+                      f"list of URIs, 'builtin', 'photos[:GROUP]' or '{DEAD_LEAVES}:N'")
 
 
-def list_sources(specs: Iterable[str], storage: Any = None) -> list[SourceRef]:
+def list_sources(specs: Iterable[str], storage: Any = None,
+                 missing_photos_ok: bool = False) -> list[SourceRef]:
     """Every image of every source, sorted by source_id; a source_id seen twice is an error."""
     seen: dict[str, str] = {}
     refs: list[SourceRef] = []
     for spec in specs:
-        found = list_one(spec, storage)
+        found = list_one(spec, storage, missing_photos_ok)
+        if not found and missing_photos_ok and str(spec).startswith(photos.PHOTOS):
+            continue  # list_photos has warned: the other sources go on
         if not found:
             raise SourceError(f"source {spec!r} holds no image files (extensions: "
                               f"{', '.join(IMAGE_EXTENSIONS)})")
@@ -180,14 +192,16 @@ def load_builtin(name: str) -> tuple[np.ndarray, str]:
 
 
 def train_only(uri: str) -> bool:
-    """Procedural sources always train: a held-out split made of them would not measure photos."""
-    return uri.startswith(f"{DEAD_LEAVES}:")
+    """Procedural sources and non-photographic built-ins always train: the held-out splits
+    measure photographs a user would recognise as photos."""
+    return uri.startswith(f"{DEAD_LEAVES}:") or \
+        uri in {f"{BUILTIN}:{n}" for n in BUILTIN_TRAIN_ONLY}
 
 
 def load_source(uri: str, storage: Any, max_pixels: int) -> tuple[np.ndarray, str]:
     """(RGB uint8 image, conversion note) of one source; raises Rejected with the reason."""
     if uri.startswith(f"{BUILTIN}:"):
         return load_builtin(uri.split(":", 1)[1])
-    if train_only(uri):
+    if uri.startswith(f"{DEAD_LEAVES}:"):
         return dead_leaves(int(uri.split(":", 1)[1])), ""
     return decode_image(read_bytes(uri, storage), max_pixels)
