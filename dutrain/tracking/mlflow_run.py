@@ -31,6 +31,12 @@ PIPELINE_ENV = "DUTRAIN_PIPELINE_ID"
 #: in that process logs into it (and clears the variable) instead of making a run of its own
 RUN_ENV = "DUTRAIN_RUN_ID"
 _MAX_PARAM = 6000  # MLflow's param value limit
+#: experiment tag the MLflow 3 UI reads to choose its view; dutrain's experiments train models,
+#: so the UI opens on runs (not on the GenAI traces view)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: config key holding the dataset a stage reads, and the MLflow dataset context it is logged with
+DATASET_KEYS = (("dataset", {"eval": "evaluation"}), ("input", {"restore": "evaluation"}))
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -149,6 +155,8 @@ def stage_run(cfg: Any, stage: str, *, run_name: str | None = None,
     exp_name = getattr(tcfg, "experiment", "dutrain")
     exp = client.get_experiment_by_name(exp_name)
     exp_id = exp.experiment_id if exp else _create_experiment(client, exp_name)
+    if exp is not None and EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     name = (run_name or getattr(tcfg, "run_name", None)
             or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}")
     all_tags = {"dutrain.stage": stage, MLFLOW_RUN_NAME: name}
@@ -171,6 +179,7 @@ def stage_run(cfg: Any, stage: str, *, run_name: str | None = None,
         tracker.log_params({k: v for k, v in {**flatten(conf), **(params or {})}.items()
                             if k not in logged})
         tracker.log_dict(conf, "config.yaml")
+        log_dataset_input(client, run.info.run_id, cfg, stage)
         yield tracker
         status = "FINISHED"
     finally:
@@ -192,8 +201,51 @@ def _adopt(client: Any, run_id: str, tags: dict[str, Any]) -> Any:
     return run
 
 
+def dataset_input(root: str, storage: Any = None, context: str = "training") -> Any:
+    """An MLflow DatasetInput for the dutrain dataset at `root` (name: its folder, digest: its
+    card's fingerprint, source: its URI, profile: its row counts); None without a readable
+    card (an unfinished or foreign dataset)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from dutrain.io.dataset import CARD_FILE
+    from dutrain.io.storage import absolute, filesystem, is_remote
+    try:
+        fs, path = filesystem(root, storage)
+        with fs.open(f"{path.rstrip('/')}/{CARD_FILE}", "r") as fh:
+            card = json.load(fh)
+        digest = str(card["fingerprint"])[:36]
+    except Exception:  # noqa: BLE001 - no card, no dataset input; the run goes on
+        return None
+    uri = root if is_remote(root) else absolute(root)
+    counts = card.get("counts", {})
+    ds = Dataset(name=Path(root.rstrip("/")).name or root, digest=digest,
+                 source_type="s3" if root.startswith("s3://") else "local",
+                 source=json.dumps({"uri": uri}),
+                 schema=json.dumps({"columns": card.get("columns")}, default=str)[:100000],
+                 profile=json.dumps({"rows": counts.get("rows"),
+                                     "per_split": counts.get("per_split")}))
+    return DatasetInput(ds, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
+def log_dataset_input(client: Any, run_id: str, cfg: Any, stage: str) -> None:
+    """Log the dataset `cfg` reads (key `dataset`, or restore's `input`) as the run's MLflow
+    dataset input, so the runs table's Dataset column and lineage show it. Best effort."""
+    for key, contexts in DATASET_KEYS:
+        root = getattr(cfg, key, None)
+        if isinstance(root, str) and root:
+            inp = dataset_input(root, getattr(cfg, "storage", None), contexts.get(stage,
+                                                                                  "training"))
+            if inp is not None:
+                try:
+                    client.log_inputs(run_id, datasets=[inp])
+                except Exception:  # noqa: BLE001 - lineage is a nicety, never a failure
+                    pass
+            return
+
+
 def _create_experiment(client: Any, name: str) -> str:
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another process
         return client.get_experiment_by_name(name).experiment_id
