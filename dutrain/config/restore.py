@@ -35,6 +35,17 @@ class BackendConfig:
     thresholds: str | None = option(None, "controlled: a thresholds.json of an earlier run "
                                           "(default: calibrate on the val split of 'calibration' "
                                           "or the input dataset)")
+    diagnose: bool = option(False, "on a dataset split with a predictor: also restore with the "
+                                   "true types + predicted values (oracle_type) and the "
+                                   "predicted types + true values (oracle_values), so the gap "
+                                   "to the oracle is attributed to the type, the values or the "
+                                   "operator (docs/restore.md)")
+    max_alternatives: int = option(2, "controlled: when the check rolls a step back, try up to "
+                                      "this many alternatives per image (the next most likely "
+                                      "type of the step's stage, or the classical estimators' "
+                                      "values), each checked again; 0 = none. No extra model "
+                                      "call: the ranking comes from the one answer and reading",
+                                   min=0, max=16)
     calibration_limit: int = option(300, "controlled: val rows the thresholds are calibrated on",
                                     min=1)
 
@@ -101,6 +112,9 @@ class RestoreConfig:
             raise ConfigError("'restore.plan=controlled' checks steps with the classical "
                               "estimators calibrated on a dataset's train split: set "
                               "'calibration' to a dataset root (or restore a dataset split)")
+        if self.restore.diagnose and self.split is None:
+            raise ConfigError("'restore.diagnose=true' compares against the true annotations of "
+                              "a dataset split: set 'split' (and 'input' to a dataset root)")
         if (self.model or "").startswith("baseline:") and self.split is None \
                 and self.calibration is None:
             raise ConfigError(f"'model={self.model}' is calibrated on a dataset's train split: set "

@@ -202,27 +202,40 @@ class ClassicalBaseline:
             pres = cal["presence"][str(stage)]
             if not pres["sign"] * feats[pres["feature"]] > pres["threshold"]:
                 continue
-            cands = [t for t, s in TAXONOMY.items() if s.stage == stage]
-            t = cands[0]
-            if len(cands) > 1:
-                tc = cal["types"].get(str(stage))
-                if not tc:
-                    continue
-                x = np.array([feats[f] for f in tc["features"]]) / np.array(tc["scale"])
-                t = min(tc["means"], key=lambda c: float(((x - np.array(tc["means"][c])
-                                                          / np.array(tc["scale"])) ** 2).sum()))
-            params = {}
-            for p in TAXONOMY[t].params:
-                m = cal["values"][f"{t}.{p.key}"]
-                if "regime" in m:
-                    sub = m["by_regime"][str(float(feats[m["regime"]]))]
-                    m = sub if sub is not None else m
-                v = _apply_line(m, feats)
-                if p.period:
-                    v = v % p.period
-                params[p.key] = p.snap(v if np.isfinite(v) else float(np.mean(p.train)))
-            chain.append({"type": t, "params": params})
+            ranked = self.type_ranking(stage, feats)
+            if not ranked:
+                continue
+            chain.append({"type": ranked[0], "params": self.params_for(ranked[0], feats)})
         return canonicalize({"degradations": chain})
+
+    def type_ranking(self, stage: int, feats: Mapping[str, float]) -> list[str]:
+        """The types of `stage`, most likely first under the calibrated rule: by distance of the
+        standardized discriminating features to each type's class mean (a one-type stage: that
+        type; [] where the stage has several types and no class means were calibrated)."""
+        cands = [t for t, s in TAXONOMY.items() if s.stage == stage]
+        if len(cands) == 1:
+            return cands
+        tc = self.calibration["types"].get(str(stage))
+        if not tc:
+            return []
+        scale = np.array(tc["scale"])
+        x = np.array([feats[f] for f in tc["features"]]) / scale
+        dist = {c: float(((x - np.array(m) / scale) ** 2).sum()) for c, m in tc["means"].items()}
+        return sorted(dist, key=lambda c: (dist[c], c))
+
+    def params_for(self, type_name: str, feats: Mapping[str, float]) -> dict[str, Any]:
+        """The values the calibrated lines give for `type_name` from one image's reading."""
+        params = {}
+        for p in TAXONOMY[type_name].params:
+            m = self.calibration["values"][f"{type_name}.{p.key}"]
+            if "regime" in m:
+                sub = m["by_regime"][str(float(feats[m["regime"]]))]
+                m = sub if sub is not None else m
+            v = _apply_line(m, feats)
+            if p.period:
+                v = v % p.period
+            params[p.key] = p.snap(v if np.isfinite(v) else float(np.mean(p.train)))
+        return params
 
     def complete_one(self, image: np.ndarray) -> str:
         return self.complete_from(measure(image))

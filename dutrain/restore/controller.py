@@ -68,10 +68,14 @@ class StepRecord:
     threshold: float | None
     action: str  # applied | skipped | rolled_back | failed
     reason: str = ""
+    alternative_to: str = ""  # an alternative tried after the step of this type failed
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "params": self.params, "score": _num(self.score),
-                "threshold": _num(self.threshold), "action": self.action, "reason": self.reason}
+        out = {"type": self.type, "params": self.params, "score": _num(self.score),
+               "threshold": _num(self.threshold), "action": self.action, "reason": self.reason}
+        if self.alternative_to:
+            out["alternative_to"] = self.alternative_to
+        return out
 
 
 @dataclass
@@ -81,7 +85,7 @@ class Outcome:
     image: np.ndarray  # uint8 H×W×3
     steps: list[StepRecord] = field(default_factory=list)
     reason: str = ""  # why the whole image was left as it is (e.g. unparseable answer)
-    #: per step: the float image after it (for calibration); not kept beyond the call otherwise
+    alternatives: int = 0  # alternatives tried (each one operator run and one check)
 
     @property
     def touched(self) -> bool:
@@ -89,7 +93,7 @@ class Outcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"touched": self.touched, "reason": self.reason,
-                "steps": [s.to_json() for s in self.steps]}
+                "alternatives": self.alternatives, "steps": [s.to_json() for s in self.steps]}
 
 
 def _num(x: float | None) -> float | str | None:
@@ -163,15 +167,24 @@ def reading(image_uint8: np.ndarray) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- controller
 
+Alternatives = Callable[[PlanStep], Sequence[PlanStep]]
+
+
 def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
             scores: Mapping[str, float] | None, thresholds: Mapping[str, float | None],
             calibration: Mapping[str, Any], measure: Measure,
-            before: Mapping[str, float] | None = None) -> Outcome:
+            before: Mapping[str, float] | None = None,
+            alternatives: Alternatives | None = None, budget: int = 0) -> Outcome:
     """Restore one image step by step under the guard of the module doc.
 
     `scores`: type → confidence (None: no confidence, every step is skipped); `thresholds`:
     type → threshold (a missing or None entry: the step is applied, still checked); `before`:
-    the estimators' reading of `image_uint8` when the caller already has it."""
+    the estimators' reading of `image_uint8` when the caller already has it.
+
+    `alternatives`: for a step the check rolled back (or whose operator failed), the steps to
+    try in its place, most likely first (another type of the same stage, other values); at most
+    `budget` are tried per image, each under the failed step's confidence against its own
+    type's threshold, checked like any step; the first that passes is kept."""
     img = to_rgb_uint8(image_uint8)
     out = Outcome(img)
     if annotation is None:
@@ -194,6 +207,34 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
     cur_u8 = img
     cur_feats = dict(before) if before is not None else dict(measure(img))
     st = State()
+    planned = {s.type for s in steps}
+
+    def attempt(s: PlanStep, rec: StepRecord) -> tuple[np.ndarray, np.ndarray, dict] | None:
+        """Run one step and check it: (image, uint8 image, reading) to keep, or None with the
+        record's action and reason set (`st.sigma` restored)."""
+        saved_sigma = st.sigma
+        try:
+            with np.errstate(all="ignore"):
+                y = INVERSES[s.type](x, s.params, st)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError, IndexError) as exc:
+            st.sigma = saved_sigma
+            rec.action, rec.reason = "failed", f"operator failed: {exc}"
+            return None
+        if y.shape != x.shape or not np.all(np.isfinite(y)):
+            st.sigma = saved_sigma
+            rec.action, rec.reason = "failed", "non-finite or misshaped result"
+            return None
+        y = np.clip(y, 0, 1).astype(np.float32)
+        y_u8 = to_uint8(y)
+        after = dict(measure(y_u8))
+        amp = st.sigma / saved_sigma if saved_sigma > 0 else 1.0
+        ok, why = check_step(s.type, cur_feats, after, calibration, s.params, amp)
+        if not ok:
+            st.sigma = saved_sigma
+            rec.action, rec.reason = "rolled_back", why
+            return None
+        rec.action = "applied"
+        return y, y_u8, after
 
     for s in steps:
         score = None if scores is None else scores.get(s.type)
@@ -206,29 +247,23 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
         if th is not None and not score >= th:
             rec.reason = f"confidence {score:.3g} below threshold {th:.3g}"
             continue
-        saved_sigma = st.sigma
-        try:
-            with np.errstate(all="ignore"):
-                y = INVERSES[s.type](x, s.params, st)
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError, IndexError) as exc:
-            st.sigma = saved_sigma
-            rec.action, rec.reason = "failed", f"operator failed: {exc}"
-            continue
-        if y.shape != x.shape or not np.all(np.isfinite(y)):
-            st.sigma = saved_sigma
-            rec.action, rec.reason = "failed", "non-finite or misshaped result"
-            continue
-        y = np.clip(y, 0, 1).astype(np.float32)
-        y_u8 = to_uint8(y)
-        after = dict(measure(y_u8))
-        amp = st.sigma / saved_sigma if saved_sigma > 0 else 1.0
-        ok, why = check_step(s.type, cur_feats, after, calibration, s.params, amp)
-        if not ok:
-            st.sigma = saved_sigma
-            rec.action, rec.reason = "rolled_back", why
-            continue
-        rec.action = "applied"
-        x, cur_u8, cur_feats = y, y_u8, after
+        kept = attempt(s, rec)
+        for alt in (alternatives(s) if kept is None and alternatives is not None else ()):
+            if out.alternatives >= budget:
+                break
+            ath = thresholds.get(alt.type)
+            if (alt.type != s.type and alt.type in planned) or \
+                    (alt.type == s.type and alt.params == s.params) or \
+                    (ath is not None and not score >= ath):
+                continue
+            out.alternatives += 1
+            arec = StepRecord(alt.type, alt.params, score, ath, "skipped", alternative_to=s.type)
+            out.steps.append(arec)
+            kept = attempt(alt, arec)
+            if kept is not None:
+                break
+        if kept is not None:
+            x, cur_u8, cur_feats = kept
     out.image = cur_u8
     return out
 
@@ -311,6 +346,55 @@ def risk_coverage(confidence: Sequence[float], gains: Sequence[float],
     return rows
 
 
+CURVE_SHARES = tuple(round(0.05 * k, 2) for k in range(21))
+
+
+def risk_coverage_curves(confidence: Sequence[float], plain: Sequence[float],
+                         controlled: Sequence[float], touched: float) -> dict[str, Any]:
+    """The risk–coverage curves of one run (PSNR gain over identity, averaged over all images,
+    against the share of images touched; `CURVE_SHARES`):
+
+    - ``plain_by_confidence``: the plain plan on the most confident share, the rest untouched;
+    - ``controlled_by_confidence``: the controller's result on the most confident share;
+    - ``plain_best_order``: the plain plan on the images where it gains most (what a perfect
+      confidence would reach: the gap to it is the confidence's fault);
+    - ``controller``: the controller's own operating point (share it touched, its gain)."""
+    def pts(conf: Sequence[float], gains: Sequence[float]) -> list[dict[str, float]]:
+        return risk_coverage(conf, gains, CURVE_SHARES)
+    return {"shares": list(CURVE_SHARES), "n": len(plain),
+            "plain_by_confidence": pts(confidence, plain),
+            "controlled_by_confidence": pts(confidence, controlled),
+            "plain_best_order": pts(plain, plain),
+            "controller": {"coverage": touched,
+                           "gain": float(np.mean(controlled)) if len(controlled) else 0.0,
+                           "worse": worse_share(list(controlled))}}
+
+
+def plot_risk_coverage(curves: Mapping[str, Any], path: Path, title: str) -> None:
+    """PSNR gain against the share of images touched (`risk_coverage_curves`), as a PNG."""
+    from dutrain.evaluate.report import _plt
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for key, label, style in (("plain_best_order", "plain, best possible order", ":"),
+                              ("plain_by_confidence", "plain, most confident first", "-"),
+                              ("controlled_by_confidence", "controlled, most confident first",
+                               "--")):
+        rows = curves[key]
+        ax.plot([100 * r["coverage"] for r in rows], [r["gain"] for r in rows], style,
+                marker=".", label=label)
+    c = curves["controller"]
+    ax.plot([100 * c["coverage"]], [c["gain"]], "r*", markersize=14,
+            label=f"controller ({c['worse']:.1%} worse by > 0.5 dB)")
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("share of images touched (%)")
+    ax.set_ylabel("mean PSNR gain over identity (dB)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------ `dutrain restore` glue
 
 SCORE_NAME = "classical_presence_margin"
@@ -361,6 +445,32 @@ class Controlled:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     seconds: float = 0.0
     checks: int = 0
+    base: Any = None  # the fitted ClassicalBaseline: ranks the alternatives
+    budget: int = 0  # restore.max_alternatives
+    tried: int = 0  # alternatives tried over all images
+
+    def alternatives(self, name: str) -> Alternatives | None:
+        """For a failed step of one image: the other types of its stage in the classical
+        estimators' ranking, each with the estimators' values, after the same type with the
+        estimators' values (a VLM's values can differ from them; the classical predictor's do
+        not, and the same step is never tried twice). The predictor's one answer and reading
+        are all it uses: no extra model call."""
+        feats = self.feats.get(name)
+        if self.base is None or feats is None or self.budget <= 0:
+            return None
+        base = self.base
+
+        def alts(s: PlanStep) -> list[PlanStep]:
+            stage = TAXONOMY[s.type].stage
+            ranked = [s.type] + [t for t in base.type_ranking(stage, feats) if t != s.type]
+            out = []
+            for t in ranked:
+                try:
+                    out.append(PlanStep(t, base.params_for(t, feats)))
+                except (KeyError, ValueError, TypeError):
+                    continue  # no calibrated values for this type
+            return out
+        return alts
 
     def restore(self, name: str, image: np.ndarray, annotation: Mapping[str, Any] | None
                 ) -> np.ndarray:
@@ -373,9 +483,11 @@ class Controlled:
             return reading(img)
 
         o = control(image, annotation, self.scores.get(name), self.thresholds, self.calibration,
-                    counted, before=self.feats.get(name))
+                    counted, before=self.feats.get(name),
+                    alternatives=self.alternatives(name), budget=self.budget)
         self.seconds += time.perf_counter() - t0
         self.checks += calls[0]
+        self.tried += o.alternatives
         self.outcomes[name] = o
         return o.image
 
@@ -441,7 +553,8 @@ def prepare(cfg: Any, items: Sequence[Any], out_dir: Path) -> Controlled:
 
     base = _baseline(cfg)
     name = SCORE_NAME if cfg.model == "baseline:classical" else VLM_SCORE_NAME
-    ctl = Controlled(base.calibration, {}, "", name)
+    ctl = Controlled(base.calibration, {}, "", name, base=base,
+                     budget=cfg.restore.max_alternatives)
     val: list[tuple[np.ndarray, np.ndarray]] = []
     root = ""
     if not cfg.restore.thresholds:
@@ -505,9 +618,13 @@ def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
                 fh.write(json.dumps({"image": it.name, **o.to_json()}) + "\n")
     n = max(len(items), 1)
     touched = sum(1 for o in ctl.outcomes.values() if o.touched)
+    kept = sum(1 for o in ctl.outcomes.values() for s in o.steps
+               if s.alternative_to and s.action == "applied")
     metrics = {"restore/controlled/seconds_per_image": ctl.seconds / n,
                "restore/controlled/estimator_calls_per_image": ctl.checks / n,
                "restore/model_calls_per_image": 1.0,
+               "restore/controlled/alternatives_per_image": ctl.tried / n,
+               "restore/controlled/alternatives_kept": float(kept),
                "restore/controlled/touched": touched / n}
     lines = ["## Controlled plan", "",
              f"thresholds ({ctl.score_name}) from {ctl.source}: "
@@ -515,7 +632,9 @@ def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
              f"touched {touched} of {len(items)} images; one predictor call per image, "
              f"{ctl.checks / n:.2f} estimator passes per image for the checks (besides the "
              f"one reading that predicts); "
-             f"{ctl.seconds / n * 1000:.0f} ms per image for the controlled restoration", ""]
+             f"{ctl.seconds / n * 1000:.0f} ms per image for the controlled restoration; "
+             f"{ctl.tried} alternative step(s) tried after a rollback (budget "
+             f"{ctl.budget} per image), {kept} kept", ""]
     actions: dict[str, int] = {}
     for o in ctl.outcomes.values():
         for s in o.steps:
@@ -547,5 +666,13 @@ def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
             if ctl_gain:
                 lines.append(f"| controller: {touched / n:.0%} | {np.mean(ctl_gain):+.2f} | "
                              f"{worse_share(ctl_gain):.1%} |")
+            if len(ctl_gain) == len(paired):
+                curves = risk_coverage_curves(conf, plain, ctl_gain, touched / n)
+                (out_dir / "risk_coverage.json").write_text(json.dumps(curves, indent=1) + "\n")
+                plot_risk_coverage(curves, out_dir / "risk_coverage.png",
+                                   f"risk–coverage, {split} ({len(paired)} images)")
+                lines += ["", "Curves: risk_coverage.png, risk_coverage.json (also the "
+                              "controller's result on the most confident share, and the plain "
+                              "plan in the best possible order)."]
             lines.append("")
     return metrics, "\n".join(lines)

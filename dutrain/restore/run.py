@@ -35,7 +35,7 @@ from .classical import restore as restore_classical
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: decompression-bomb guard (generate's `max_pixels` default)
 MAX_PIXELS = 100_000_000
-KINDS = ("identity", "oracle", "predicted", "controlled")
+KINDS = ("identity", "oracle", "predicted", "controlled", "oracle_type", "oracle_values")
 PSNR_CAP = 60.0
 
 
@@ -342,6 +342,8 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
                                         else it.degraded)
             n_restores += 1
     seconds = time.perf_counter() - t0
+    diag_filled = (diagnose(cfg, items, ctl, fn) if cfg.restore.diagnose and has_pred
+                   else None)
     if ctl is not None:
         for it in items:
             it.restored["controlled"] = ctl.restore(it.name, it.degraded, it.predicted)
@@ -371,15 +373,56 @@ def restore_all(cfg: RestoreConfig) -> dict[str, Any]:
             ctl_metrics, ctl_section = controller_report(cfg.split, items, ctl, out)
             metrics.update(ctl_metrics)
         counts = {**type_counts(items), "_total": len(items)}
+        diag_lines: list[str] = []
+        if diag_filled is not None:
+            from .diagnose import attribution
+            gap_metrics, diag_lines = attribution(cfg.split, metrics, counts)
+            metrics.update(gap_metrics)
+            metrics[f"{cfg.split}/oracle_type/values_filled"] = diag_filled
+            diag_lines += ["", f"{diag_filled:.1%} of the true steps were not named by the "
+                               f"predictor; oracle_type takes their values from the classical "
+                               f"estimators", ""]
         report = "\n".join([f"# Restoration: {cfg.input} / {cfg.split}", "",
                             f"backend: {cfg.restore.backend}; predicted by: "
                             f"{cfg.model or cfg.annotation or '-'}; samples: {len(items)}", "",
                             markdown_table(cfg.split, metrics, counts), "",
-                            ctl_section, *[f"note: {n}" for n in notes]])
+                            *diag_lines, ctl_section, *[f"note: {n}" for n in notes]])
         (out / "report.md").write_text(report + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return {"metrics": metrics, "report": report, "notes": notes, "output": out,
             "count": len(items), "rejected": rejected}
+
+
+def diagnose(cfg: RestoreConfig, items: list[Item], ctl: Any, fn: Restorer) -> float:
+    """Restore every item with a true annotation twice more (`restore.diagnose`): the true types
+    with the predicted values (``oracle_type``) and the predicted types with the true values
+    (``oracle_values``; see `diagnose`). Values of a true type the predictor did not name come
+    from the classical estimators. Returns the share of true steps so filled."""
+    from dutrain.evaluate.baselines import ClassicalBaseline, fit_baseline
+
+    from .controller import reading
+    from .diagnose import filled_share, oracle_type, oracle_values
+    base = (ClassicalBaseline(ctl.calibration) if ctl is not None else
+            fit_baseline("baseline:classical", str(cfg.calibration or cfg.input),
+                         cfg.calibration_samples, cfg.storage))
+    filled, steps = [], []
+    for it in items:
+        if it.true is None:
+            continue
+        cache: dict[str, Any] = {}
+
+        def fill(t: str, it: Item = it, cache: dict[str, Any] = cache) -> dict[str, Any]:
+            if "feats" not in cache:  # measured once per image, and only when needed
+                known = ctl.feats.get(it.name) if ctl is not None else None
+                cache["feats"] = known or reading(it.degraded)
+            return base.params_for(t, cache["feats"])
+
+        ann, k = oracle_type(it.true, it.predicted, fill)
+        filled.append(k)
+        steps.append(len(it.true["degradations"]))
+        it.restored["oracle_type"] = fn(it.degraded, ann)
+        it.restored["oracle_values"] = fn(it.degraded, oracle_values(it.true, it.predicted))
+    return filled_share(filled, steps)
 
 
 def preflight_restore(cfg: RestoreConfig) -> None:
@@ -425,7 +468,8 @@ def _run(cfg: RestoreConfig) -> int:
                 (("report.md",) if res["report"] else ()) + \
                 (("rejected.jsonl",) if res["rejected"] else ()):
             run.log_artifact(out / name)
-        for name in ("thresholds.json", "controller.jsonl"):  # restore.plan=controlled
+        for name in ("thresholds.json", "controller.jsonl", "risk_coverage.json",
+                     "risk_coverage.png"):  # restore.plan=controlled
             if cfg.restore.plan == "controlled" and (out / name).is_file():
                 run.log_artifact(out / name)
         run.set_tags({"dutrain.model": system, "dutrain.restore.backend": cfg.restore.backend})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from skimage import data
 from test_eval_data import write_dataset
@@ -62,11 +63,11 @@ def test_bad_annotation_file_is_reported(tmp_path, capsys):
 def test_dataset_split_with_the_classical_baseline_logs_to_mlflow(tmp_path, mlflow_server):
     from mlflow import MlflowClient
     probs = {"gaussian_blur": 1, "low_light": 1, "haze": 1, "gaussian_noise": 1}
-    root = write_dataset(tmp_path / "ds", {"train": 40, "test": 8}, size=64, seed=3,
+    root = write_dataset(tmp_path / "ds", {"train": 40, "val": 8, "test": 8}, size=64, seed=3,
                          type_probs=probs, max_degradations=1, clean_fraction=0.0)
     out = tmp_path / "out"
     assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
-                 f"output={out}", f"tracking.uri={mlflow_server}",
+                 f"output={out}", f"tracking.uri={mlflow_server}", "restore.plan=controlled",
                  "tracking.experiment=restore-test", "calibration_samples=40"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     for metric in ("psnr", "ssim"):
@@ -86,7 +87,9 @@ def test_dataset_split_with_the_classical_baseline_logs_to_mlflow(tmp_path, mlfl
     assert run.data.params["model"] == "baseline:classical"
     assert run.data.metrics["test/psnr/oracle"] == m["test/psnr/oracle"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"grid.png", "metrics.json", "report.md", "annotations.jsonl"} <= arts
+    assert {"grid.png", "metrics.json", "report.md", "annotations.jsonl", "thresholds.json",
+            "controller.jsonl", "risk_coverage.json", "risk_coverage.png"} <= arts
+    assert run.data.metrics["test/psnr/controlled"] == m["test/psnr/controlled"]
 
 
 def test_folder_with_annotations_predicted_by_the_tiny_vlm(tmp_path, ray_local):
@@ -114,12 +117,24 @@ def test_controlled_plan_with_the_classical_baseline(tmp_path):
     out = tmp_path / "out"
     assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
                  "restore.plan=controlled", f"output={out}", "tracking.enabled=false",
-                 "calibration_samples=40"]) == 0
+                 "calibration_samples=40", "restore.diagnose=true"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     for key in ("test/psnr/controlled", "test/ssim/controlled", "test/worse_than_identity",
                 "test/psnr/predicted", "restore/controlled/seconds_per_image",
-                "restore/model_calls_per_image"):
+                "restore/model_calls_per_image", "restore/controlled/alternatives_per_image",
+                "test/psnr/oracle_type", "test/psnr/oracle_values", "test/gap/values",
+                "test/gap/type", "test/gap/operator", "test/oracle_type/values_filled"):
         assert key in m, key
+    types = {t for s in iter_samples(str(root), ["test"]) for t in
+             [d["type"] for d in s.annotation["degradations"]]}
+    for kind in ("oracle_type", "oracle_values"):
+        assert {k.rsplit("/", 1)[1] for k in m if k.startswith(f"test/psnr/{kind}/")} >= types
+    assert m["restore/model_calls_per_image"] == 1.0
+    curves = json.loads((out / "risk_coverage.json").read_text())
+    assert curves["n"] == 8 and len(curves["plain_by_confidence"]) == len(curves["shares"])
+    assert curves["controller"]["gain"] == pytest.approx(
+        m["test/psnr/controlled"] - m["test/psnr/identity"], abs=1e-6)
+    assert (out / "risk_coverage.png").stat().st_size > 1000
     assert any(k.startswith("test/psnr/controlled/") for k in m)
     assert m["test/psnr/controlled"] >= m["test/psnr/identity"] - 0.5
     th = json.loads((out / "thresholds.json").read_text())
@@ -128,6 +143,7 @@ def test_controlled_plan_with_the_classical_baseline(tmp_path):
     assert len(rows) == 8 and all("steps" in r for r in rows)
     report = (out / "report.md").read_text()
     assert "PSNR controlled" in report and "| share touched |" in report
+    assert "## Gap to the oracle" in report and "| oracle_type |" in report
     # the stored thresholds are reused as they are
     again = tmp_path / "again"
     assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
@@ -181,3 +197,27 @@ def test_controlled_plan_with_the_tiny_vlm(tmp_path, ray_local):
     assert steps and all(0.0 < s["score"] <= 1.0 for s in steps)
     m = json.loads((out / "metrics.json").read_text())
     assert "test/psnr/controlled" in m and "test/worse_than_identity" in m
+
+
+def test_diagnose_with_the_true_answer_given_equals_the_oracle(tmp_path, capsys):
+    """restore.diagnose on the plain plan: given the true annotations as the 'prediction', both
+    mixed kinds are the oracle itself (nothing to attribute); without a split: exit 2."""
+    probs = {"gaussian_blur": 1, "low_light": 1, "jpeg": 1}
+    root = write_dataset(tmp_path / "ds", {"train": 20, "test": 6}, size=64, seed=4,
+                         type_probs=probs, max_degradations=1, clean_fraction=0.2)
+    ann = tmp_path / "true.jsonl"
+    ann.write_text("".join(json.dumps({"sample_id": s.sample_id, "annotation": s.annotation})
+                           + "\n" for s in iter_samples(str(root), ["test"])))
+    out = tmp_path / "out"
+    assert main(["restore", f"input={root}", "split=test", f"annotation={ann}",
+                 "restore.diagnose=true", f"output={out}", "tracking.enabled=false",
+                 "calibration_samples=20"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    for kind in ("oracle_type", "oracle_values", "predicted"):
+        assert m[f"test/psnr/{kind}"] == m["test/psnr/oracle"], kind
+    assert m["test/gap/oracle"] == 0.0 and m["test/oracle_type/values_filled"] == 0.0
+    assert "| all | 6 |" in (out / "report.md").read_text()
+    assert main(["restore", f"input={tmp_path / 'ds'}", f"annotation={ann}",
+                 "restore.diagnose=true", f"output={tmp_path / 'o2'}",
+                 "tracking.enabled=false"]) == 2
+    assert "restore.diagnose=true" in capsys.readouterr().err

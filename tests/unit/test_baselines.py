@@ -120,3 +120,32 @@ def test_classical_baseline_calibrates_and_answers_valid_text():
     assert s["type"] == 1.0 and s["value"] > 0.95
     with pytest.raises(ValueError, match="train split is empty"):
         ClassicalBaseline.fit([], [])
+
+
+def test_classical_type_ranking_and_values_are_those_predict_answers_with():
+    """`type_ranking` / `params_for` (the controller's alternatives and restore.diagnose's
+    values) give exactly the type and values `predict` answers with, plus the runners-up."""
+    rng = np.random.default_rng(1)
+    anns, feats = [], []
+    for i in range(24):
+        a = chain(("gaussian_noise", {"sigma": int(rng.integers(10, 40))})) if i % 2 else \
+            chain(("poisson_noise", {"peak": 5 * int(rng.integers(1, 8))}))
+        anns.append(a)
+        feats.append(est.measure(apply_chain(scene(i % 4), a, i)))
+    b = ClassicalBaseline.fit(feats, anns)
+    seen = 0
+    for i in range(4):
+        f = est.measure(apply_chain(scene(5 + i), anns[i], 100 + i))
+        ann = b.predict(f)
+        noise = [d for d in ann["degradations"] if d["type"].endswith("_noise")]
+        ranked = b.type_ranking(6, f)
+        assert sorted(ranked) == ["gaussian_noise", "poisson_noise"]
+        if noise:
+            seen += 1
+            assert noise[0]["type"] == ranked[0]
+            assert noise[0]["params"] == b.params_for(ranked[0], f)
+    assert seen  # the comparison above ran
+    assert b.type_ranking(7, feats[0]) == ["jpeg"]  # one type in the stage
+    assert b.type_ranking(3, feats[0]) == []  # blur: no class means without blurred rows
+    other = b.params_for("poisson_noise", feats[1])
+    assert set(other) == {"peak"} and 1 <= other["peak"] <= 1000

@@ -182,3 +182,90 @@ def test_type_confidences_tolerate_a_reasoning_part_decoded_differently():
     # a mismatch inside the answer is not tolerated
     bad = pieces[:-1] + [pieces[-1].replace("1.0", "2.0")]
     assert C.type_confidences(text, bad, lps) == {}
+
+
+# ----------------------------------------------------------------------------- alternatives
+
+DARK_B = {"exposure": 0.5, "gamma": 1.5}
+
+
+def _first_fails(dark):
+    """A reading under which the step of DARK's own values fails the check (its statistic moves
+    away from absent) and every other result passes."""
+    first = C.control(dark, DARK, {"low_light": 1.0}, {}, CAL, C.reading).image
+    return lambda im: {**READ, "bright_p99": 0.0 if np.array_equal(im, first) else 0.9}
+
+
+def test_a_rolled_back_step_tries_the_next_alternative_within_the_budget():
+    from dutrain.restore.classical import PlanStep
+    dark = apply_chain(_img(), DARK, 0)
+    measure = _first_fails(dark)
+    before = {**READ, "bright_p99": 0.5}
+    alts = [PlanStep("low_light", dict(DARK["degradations"][0]["params"])),  # the same: skipped
+            PlanStep("low_light", DARK_B)]
+    o = C.control(dark, DARK, {"low_light": 1.0}, {}, CAL, measure, before=before,
+                  alternatives=lambda s: alts, budget=2)
+    assert [s.action for s in o.steps] == ["rolled_back", "applied"]
+    assert o.steps[1].alternative_to == "low_light" and o.steps[1].params == DARK_B
+    assert o.alternatives == 1 and o.touched
+    want = C.control(dark, {"degradations": [{"type": "low_light", "params": DARK_B}]},
+                     {"low_light": 1.0}, {}, CAL, C.reading).image
+    assert np.array_equal(o.image, want)
+    assert o.to_json()["steps"][1]["alternative_to"] == "low_light"
+    # no budget: the rollback stands and the image stays as it was
+    o = C.control(dark, DARK, {"low_light": 1.0}, {}, CAL, measure, before=before,
+                  alternatives=lambda s: alts, budget=0)
+    assert [s.action for s in o.steps] == ["rolled_back"] and np.array_equal(o.image, dark)
+    # the budget counts per image: two failing alternatives of three tried at budget 2
+    fail = lambda im: {**READ, "bright_p99": 0.0}  # noqa: E731
+    many = [PlanStep("low_light", {"exposure": e, "gamma": 1.0}) for e in (0.3, 0.5, 0.6)]
+    o = C.control(dark, DARK, {"low_light": 1.0}, {}, CAL, fail, before=before,
+                  alternatives=lambda s: many, budget=2)
+    assert o.alternatives == 2 and [s.action for s in o.steps] == ["rolled_back"] * 3
+    assert np.array_equal(o.image, dark)
+    # an alternative whose type's threshold the confidence misses, or whose type is already in
+    # the plan, is not tried
+    o = C.control(dark, DARK, {"low_light": 1.0}, {"haze": math.inf}, CAL, fail, before=before,
+                  alternatives=lambda s: [PlanStep("haze", {"beta": 1.0, "airlight": 0.8})],
+                  budget=2)
+    assert o.alternatives == 0 and len(o.steps) == 1
+
+
+def test_controlled_alternatives_come_from_the_classical_ranking():
+    class Base:  # the two ClassicalBaseline methods the controller uses
+        def type_ranking(self, stage, feats):
+            return ["defocus_blur", "gaussian_blur", "motion_blur"] if stage == 3 else []
+
+        def params_for(self, t, feats):
+            return {"gaussian_blur": {"sigma": 1.0}, "defocus_blur": {"radius": 2.0},
+                    "motion_blur": {"length": 5, "angle": 0}}[t]
+    from dutrain.restore.classical import PlanStep
+    ctl = C.Controlled(CAL, {}, "", base=Base(), budget=2, feats={"a": READ})
+    alts = ctl.alternatives("a")(PlanStep("gaussian_blur", {"sigma": 2.0}))
+    # the same type with the estimators' values first, then the stage's ranking
+    assert [(a.type, a.params) for a in alts] == [
+        ("gaussian_blur", {"sigma": 1.0}), ("defocus_blur", {"radius": 2.0}),
+        ("motion_blur", {"length": 5, "angle": 0})]
+    assert ctl.alternatives("unknown image") is None
+    assert C.Controlled(CAL, {}, "", base=Base(), budget=0, feats={"a": READ}
+                        ).alternatives("a") is None
+
+
+# -------------------------------------------------------------------------- risk–coverage
+
+def test_risk_coverage_curves_json_and_png(tmp_path):
+    curves = C.risk_coverage_curves([3.0, 2.0, 1.0, 0.0], [4.0, 2.0, -2.0, -8.0],
+                                    [4.0, 1.0, 0.0, 0.0], touched=0.5)
+    assert curves["n"] == 4 and curves["shares"][0] == 0.0 and curves["shares"][-1] == 1.0
+    last = curves["plain_by_confidence"][-1]
+    assert last["coverage"] == 1.0 and last["gain"] == -1.0 and last["worse"] == 0.5
+    half = {r["coverage"]: r for r in curves["plain_by_confidence"]}[0.5]
+    assert half["gain"] == 1.5
+    # the best order never does worse than the confidence's order
+    assert all(b["gain"] >= a["gain"] - 1e-12 for a, b in
+               zip(curves["plain_by_confidence"], curves["plain_best_order"]))
+    assert curves["controller"] == {"coverage": 0.5, "gain": 1.25, "worse": 0.0}
+    json.dumps(curves)
+    C.plot_risk_coverage(curves, tmp_path / "rc.png", "test")
+    from PIL import Image
+    assert Image.open(tmp_path / "rc.png").size[0] > 100
