@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from dutrain.runtime.vllm_env import engine_actor_env
 
@@ -89,12 +89,18 @@ def vllm_completions(model_dir: str, pngs: Sequence[bytes],
     return [o or "" for o in out], stats
 
 
-def vllm_samples(model_dir: str, pngs: Sequence[bytes], k: int, gen: Any
+def sample_seed(base: int, row: int, k: int, j: int) -> int:
+    """The seed of sample j of row `row` when every row gets `k` samples (`vllm_samples`)."""
+    return base + row * k + j
+
+
+def vllm_samples(model_dir: str, pngs: Sequence[bytes], k: int, gen: Any,
+                 on_batch: Callable[[int], None] | None = None
                  ) -> tuple[list[list[str]], GenerationStats]:
-    """`k` sampled completions per image (row i, sample j seeded gen.seed + i * k + j), in
-    order: the offline stage's samples (`gen.temperature` > 0)."""
-    items = [(p, gen.seed + i * k + j) for i, p in enumerate(pngs) for j in range(k)]
-    out, stats = _generate(model_dir, items, gen, "complete_seeded")
+    """`k` sampled completions per image (sample j of row i seeded `sample_seed`), in order:
+    the offline stage's samples (`gen.temperature` > 0). `on_batch(n)`: n more are done."""
+    items = [(p, sample_seed(gen.seed, i, k, j)) for i, p in enumerate(pngs) for j in range(k)]
+    out, stats = _generate(model_dir, items, gen, "complete_seeded", on_batch)
     flat = [o or "" for o in out]
     return [flat[i * k:(i + 1) * k] for i in range(len(pngs))], stats
 
@@ -106,8 +112,8 @@ def vllm_scored_completions(model_dir: str, pngs: Sequence[bytes], gen: Any
     return [o or ("", [], []) for o in out], stats
 
 
-def _generate(model_dir: str, pngs: Sequence[bytes], gen: Any,
-              method: str) -> tuple[list[Any], GenerationStats]:
+def _generate(model_dir: str, pngs: Sequence[bytes], gen: Any, method: str,
+              on_batch: Callable[[int], None] | None = None) -> tuple[list[Any], GenerationStats]:
     import ray
 
     opts = {"num_cpus": gen.cpus_per_worker, "num_gpus": gen.gpus_per_worker}
@@ -142,6 +148,8 @@ def _generate(model_dir: str, pngs: Sequence[bytes], gen: Any,
             for i, text in zip(idx, texts):
                 out[i] = text
             free.append(w)
+            if on_batch is not None:
+                on_batch(len(idx))
         gen_s = time.perf_counter() - t1
     finally:
         for w in workers:

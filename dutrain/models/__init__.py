@@ -6,9 +6,17 @@ lazily: vLLM is heavy and optional on a training worker).
 """
 
 from .loading import check_model_dir, load_model, load_processor, resolve_model
-from .prompts import INSTRUCTION, encode_prompts, encode_sft, messages, prompt_text, to_pil
+from .prompts import (
+    INSTRUCTION,
+    encode_images,
+    encode_prompts,
+    encode_sft,
+    messages,
+    prompt_text,
+    to_pil,
+)
 from .tiny import TinySpec, tiny_model
 
 __all__ = ["check_model_dir", "load_model", "load_processor", "resolve_model", "INSTRUCTION",
-           "encode_prompts", "encode_sft", "messages", "prompt_text", "to_pil", "TinySpec",
-           "tiny_model"]
+           "encode_images", "encode_prompts", "encode_sft", "messages", "prompt_text", "to_pil",
+           "TinySpec", "tiny_model"]

@@ -59,8 +59,14 @@ def encode_prompts(processor: Any, images: list[Any]) -> dict[str, Any]:
     return dict(out)
 
 
-def encode_prompt_completion(processor: Any, images: list[Any],
-                             completions: list[list[int]]) -> dict[str, Any]:
+def encode_images(processor: Any, images: list[Any]) -> dict[str, Any]:
+    """The image processor's outputs (`pixel_values`, `image_grid_thw`) for `images`: pass them
+    as `vision` to encode several completions of the same images without processing them again."""
+    return processor.image_processor(images=[to_pil(im) for im in images], return_tensors="pt")
+
+
+def encode_prompt_completion(processor: Any, images: list[Any], completions: list[list[int]],
+                             vision: dict[str, Any] | None = None) -> dict[str, Any]:
     """Prompt + completion token ids per image, right padded: the model inputs (`input_ids`,
     `attention_mask`, `pixel_values`, `image_grid_thw`, `mm_token_type_ids`) and `starts`, the
     prompt length of each row (its first completion position).
@@ -74,7 +80,7 @@ def encode_prompt_completion(processor: Any, images: list[Any],
     if len(images) != len(completions):
         raise ValueError(f"{len(images)} images but {len(completions)} completions")
     tok = processor.tokenizer
-    vision = processor.image_processor(images=[to_pil(im) for im in images], return_tensors="pt")
+    vision = encode_images(processor, images) if vision is None else vision
     merge = processor.image_processor.merge_size ** 2
     text = prompt_text(processor)
     prompts: dict[int, list[int]] = {}  # by image token count
@@ -99,9 +105,11 @@ def encode_prompt_completion(processor: Any, images: list[Any],
             "mm_token_type_ids": (ids == image_id).long(), "starts": starts}
 
 
-def encode_sft(processor: Any, images: list[Any], targets: list[str]) -> dict[str, Any]:
+def encode_sft(processor: Any, images: list[Any], targets: list[str],
+               vision: dict[str, Any] | None = None) -> dict[str, Any]:
     """A training batch: prompt + target + end of turn (`encode_prompt_completion`), labels
-    -100 outside the assistant turn; the batch is right padded.
+    -100 outside the assistant turn; the batch is right padded. `vision`: `encode_images` of
+    `images`, when already computed.
     """
     import torch
 
@@ -110,7 +118,8 @@ def encode_sft(processor: Any, images: list[Any], targets: list[str]) -> dict[st
     tok = processor.tokenizer
     eot = end_of_turn_ids(tok)
     enc = encode_prompt_completion(
-        processor, images, [tok(t, add_special_tokens=False)["input_ids"] + eot for t in targets])
+        processor, images, [tok(t, add_special_tokens=False)["input_ids"] + eot for t in targets],
+        vision)
     ids, att = enc["input_ids"], enc["attention_mask"]
     assistant = torch.arange(ids.shape[1])[None, :] >= torch.tensor(enc["starts"])[:, None]
     lab = torch.where(att.bool() & assistant, ids, torch.full_like(ids, -100))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -40,12 +40,38 @@ def _storage(output: str, storage: Any) -> tuple[str, Any]:
     return path, PyFileSystem(FSSpecHandler(fs))
 
 
-def _clear_previous(output: str, storage: Any) -> None:
+def _clear_previous(output: str, storage: Any,
+                    subs: tuple[str, ...] = (RUN_NAME, "best", "final")) -> None:
     fs, path = filesystem(output, storage)
-    for sub in (RUN_NAME, "best", "final"):
+    for sub in subs:
         p = f"{path.rstrip('/')}/{sub}"
         if fs.exists(p):
             fs.rm(p, recursive=True)
+
+
+def fit(loop: Callable[[dict[str, Any]], None], loop_cfg: dict[str, Any], scale: Any,
+        output: str, storage: Any, datasets: dict[str, Any], total_steps: int, desc: str,
+        progress: bool, show: tuple[str, ...] = ()) -> Any:
+    """Run `loop` in Ray Train workers (`TorchTrainer`) with the run folder `output`/train as
+    Ray's checkpoint store (a rerun on the same folder resumes from its latest checkpoint) and a
+    progress bar of `total_steps` (rank 0 posts to `loop_cfg["progress"]`). `scale` carries
+    num_workers, use_gpu, cpus_per_worker, keep_checkpoints and max_failures (the SFT config or
+    the offline one); every worker gets every dataset whole. Returns Ray Train's Result."""
+    storage_path, storage_fs = _storage(output, storage)
+    with step_progress(total_steps, desc, progress, show=show) as board:
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config={**loop_cfg, "progress": board},
+            scaling_config=ScalingConfig(num_workers=scale.num_workers, use_gpu=scale.use_gpu,
+                                         resources_per_worker={"CPU": scale.cpus_per_worker}),
+            run_config=RunConfig(
+                name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
+                checkpoint_config=CheckpointConfig(num_to_keep=scale.keep_checkpoints),
+                failure_config=FailureConfig(max_failures=scale.max_failures)),
+            datasets=datasets,
+            dataset_config=DataConfig(datasets_to_split=[]),
+        )
+        return trainer.fit()
 
 
 def read_final_eval(output: str, storage: Any = None) -> dict[str, float]:
@@ -81,25 +107,12 @@ def run(cfg: SFTConfig) -> int:
         rows = sum(s.count() for s in shards)
         run.log_metrics({"data/train_rows": rows, "data/val_rows": val.count(),
                          "data/prepare_seconds": prep_s})
-        storage_path, storage_fs = _storage(output, cfg.storage)
-        with step_progress(cfg.max_steps, "sft", cfg.progress,
-                           show=("train/loss", "val/loss")) as board:
-            trainer = TorchTrainer(
-                train_loop,
-                train_loop_config={"config": conf, "output": output, "run_id": run.run_id,
-                                   "tracking_uri": tracking_uri(cfg.tracking.uri),
-                                   "progress": board},
-                scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                             resources_per_worker={"CPU": cfg.cpus_per_worker}),
-                run_config=RunConfig(
-                    name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
-                    checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                    failure_config=FailureConfig(max_failures=cfg.max_failures)),
-                datasets={**{f"train_{i}": s for i, s in enumerate(shards)}, "val": val},
-                dataset_config=DataConfig(datasets_to_split=[]),
-            )
-            t1 = time.perf_counter()
-            result = trainer.fit()
+        t1 = time.perf_counter()
+        result = fit(train_loop, {"config": conf, "output": output, "run_id": run.run_id,
+                                  "tracking_uri": tracking_uri(cfg.tracking.uri)},
+                     cfg, output, cfg.storage, {f"train_{i}": s for i, s in enumerate(shards)}
+                     | {"val": val}, cfg.max_steps, "sft", cfg.progress,
+                     show=("train/loss", "val/loss"))
         train_s = time.perf_counter() - t1
         ckpt = result.checkpoint.path if result.checkpoint else None
         run.set_tags({"dutrain.ray_checkpoint": ckpt or "", "dutrain.output": output})
