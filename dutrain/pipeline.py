@@ -297,6 +297,10 @@ def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
         if psnr:
             lines += ["", "restoration PSNR (dB): "
                       + ", ".join(f"{k} {v:.2f}" for k, v in psnr.items())]
+        worse = {k: v for k, v in m.items() if k.split("/")[1:2] == ["worse_than_identity"]}
+        if worse:  # restore.plan=controlled: share of images > 0.5 dB below doing nothing
+            lines.append("worse than identity by > 0.5 dB: "
+                         + ", ".join(f"{k} {v:.1%}" for k, v in sorted(worse.items())))
     uri = tracking_uri(cfg.tracking.uri)
     lines += ["", f"outputs under {cfg.workdir}/ (data, sft, offline, rl, eval, restore, "
                   f"compare)"]
