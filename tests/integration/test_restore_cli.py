@@ -122,6 +122,7 @@ def test_controlled_plan_with_the_classical_baseline(tmp_path):
     for key in ("test/psnr/controlled", "test/ssim/controlled", "test/worse_than_identity",
                 "test/psnr/predicted", "restore/controlled/seconds_per_image",
                 "restore/model_calls_per_image", "restore/controlled/alternatives_per_image",
+                "restore/controlled/predict_seconds_per_image",
                 "test/psnr/oracle_type", "test/psnr/oracle_values", "test/gap/values",
                 "test/gap/type", "test/gap/operator", "test/oracle_type/values_filled"):
         assert key in m, key
