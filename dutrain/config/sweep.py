@@ -64,6 +64,9 @@ class SweepConfig:
                                          doc="ASHA early stopping")
     retry_failed: bool = option(True, "a rerun runs trials that failed before again (finished "
                                       "and early-stopped ones are never rerun)")
+    stop_after: int | None = option(None, "end the sweep once this many trials have finished "
+                                          "in this run, as if interrupted (the others keep for "
+                                          "a rerun without it; tests, first tries)", min=1)
     output: str = option("runs/sweep", "folder: trials/<name>/ (each trial's own output), "
                                        "sweep.md, sweep.csv, sweep.png")
     tracking: TrackingConfig = option(default_factory=TrackingConfig, doc="MLflow: the sweep's "

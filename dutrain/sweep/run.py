@@ -25,6 +25,7 @@ from typing import Any
 
 from dutrain.config.secrets import redacted
 from dutrain.config.sweep import SweepConfig
+from dutrain.errors import EXIT_INTERRUPTED
 from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
 from dutrain.tracking.compare import Comparison, choose_metrics, plot_against
@@ -44,6 +45,7 @@ def sweep_id(cfg: SweepConfig) -> str:
 def config_hash(cfg: SweepConfig) -> str:
     conf = redacted(cfg)
     conf.get("tracking", {}).pop("run_name", None)
+    conf.pop("stop_after", None)  # a limited run and its continuation are the same sweep
     return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -69,16 +71,53 @@ def _settle_interrupted(client: Any, root: Path, trials: list[Trial]) -> None:
             write_record(root, t.name, status="interrupted")
 
 
-def _tune(cfg: SweepConfig, ctx: TrialContext, todo: list[Trial]) -> Any:
+def _asha(cfg: SweepConfig) -> Any:
+    """Tune's ASHA scheduler, remembering which trials it stopped (`.stopped`, trial names): a
+    trial Tune ended without an error is early-stopped only if ASHA said so, else interrupted."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class RecordingASHA(ASHAScheduler):
+        stopped: set[str] = set()
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == TrialScheduler.STOP:
+                self.stopped.add(trial.config.get("trial"))
+            return decision
+
+    sched = RecordingASHA(time_attr="training_iteration", max_t=cfg.early_stop.max_t,
+                          grace_period=cfg.early_stop.grace_period,
+                          reduction_factor=cfg.early_stop.reduction_factor)
+    sched.stopped = set()
+    return sched
+
+
+def _limit(n: int) -> Any:
+    """A Tune stopper that ends the experiment once `n` trials have finished (`.reached`)."""
+    from ray.tune.stopper import Stopper
+
+    class AfterFinished(Stopper):
+        def __init__(self) -> None:
+            self.finished: set[str] = set()
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            if result.get("trial_finished"):
+                self.finished.add(trial_id)
+            return False
+
+        def stop_all(self) -> bool:
+            return len(self.finished) >= n
+
+    return AfterFinished()
+
+
+def _tune(cfg: SweepConfig, ctx: TrialContext, todo: list[Trial]) -> tuple[Any, set[str]]:
+    """Run `todo` as Tune trials; (the ResultGrid, the names of trials ASHA stopped)."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    scheduler = None
-    if cfg.early_stop.enabled:
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.early_stop.max_t,
-                                  grace_period=cfg.early_stop.grace_period,
-                                  reduction_factor=cfg.early_stop.reduction_factor)
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    scheduler = _asha(cfg) if cfg.early_stop.enabled else None
     resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     tuner = tune.Tuner(
@@ -92,13 +131,17 @@ def _tune(cfg: SweepConfig, ctx: TrialContext, todo: list[Trial]) -> Any:
         run_config=tune.RunConfig(
             name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(Path(cfg.output).absolute() / "tune"),
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False), verbose=0))
-    return tuner.fit()
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False), verbose=0,
+            stop=_limit(cfg.stop_after) if cfg.stop_after else None))
+    grid = tuner.fit()
+    return grid, set(scheduler.stopped) if scheduler else set()
 
 
-def _finish_records(client: Any, root: Path, todo: list[Trial], grid: Any) -> None:
-    """After Tune: a trial still `running` was stopped by the scheduler (no error) or lost with
-    its process (an error): record that, and end its run."""
+def _finish_records(client: Any, root: Path, todo: list[Trial], grid: Any,
+                    stopped: set[str]) -> None:
+    """After Tune, a trial still `running` was stopped by ASHA (`stopped`), lost with its
+    process (an error), or interrupted (Ctrl-C ends Tune without an error): record which, and
+    end its run (KILLED, or FAILED with the error). Interrupted trials run again on a rerun."""
     errors = {}
     for r in grid:
         name = (r.config or {}).get("trial")
@@ -109,15 +152,18 @@ def _finish_records(client: Any, root: Path, todo: list[Trial], grid: Any) -> No
         if rec.get("status") != "running":
             continue
         err = errors.get(t.name)
-        if err is None and t.name in errors:
-            write_record(root, t.name, status="stopped")
-            client.set_tag(rec["run_id"], "dutrain.trial_status", "early_stopped")
-            client.set_terminated(rec["run_id"], status="KILLED")
-        else:
-            text = f"{type(err).__name__}: {err}" if err else "the trial never reported"
+        if err is not None:
+            text = f"{type(err).__name__}: {err}"
             write_record(root, t.name, status="failed", error=text[:4000])
             if rec.get("run_id"):
                 record_failure(client, rec["run_id"], text, text)
+            continue
+        status = "stopped" if t.name in stopped else "interrupted"
+        write_record(root, t.name, status=status)
+        if rec.get("run_id"):
+            client.set_tag(rec["run_id"], "dutrain.trial_status",
+                           "early_stopped" if status == "stopped" else "interrupted")
+            client.set_terminated(rec["run_id"], status="KILLED")
 
 
 def results(cfg: SweepConfig, client: Any, experiment_id: str, trials: list[Trial]
@@ -177,8 +223,8 @@ def run_sweep(cfg: SweepConfig) -> tuple[Comparison, dict[str, Any]]:
                                str(root), cfg.metric, cfg.early_stop.enabled,
                                cfg.early_stop.poll_seconds, {t.name: t for t in todo})
             with ray_session(cfg.ray):
-                grid = _tune(cfg, ctx, todo)
-            _finish_records(client, root, todo, grid)
+                grid, stopped = _tune(cfg, ctx, todo)
+            _finish_records(client, root, todo, grid, stopped)
         comp = results(cfg, client, exp_id, trials)
         files = comp.write(out, "sweep", "bar", title=f"dutrain sweep ({cfg.verb})")
         if cfg.metric and comp.params:
@@ -189,6 +235,8 @@ def run_sweep(cfg: SweepConfig) -> tuple[Comparison, dict[str, Any]]:
             files.append(out / "sweep_vs_params.png")
         counts = {s: sum(1 for t in trials if read_record(root, t.name).get("status") == s)
                   for s in ("finished", "stopped", "failed", "interrupted", "running")}
+        counts["unfinished"] = len(trials) - sum(counts[k] for k in ("finished", "stopped",
+                                                                     "failed"))
         summary = {"trials": len(trials), "ran": len(todo), "skipped": skipped, **counts,
                    "seconds": round(time.monotonic() - t0, 1), "files": [str(f) for f in files],
                    "parent_run_id": parent.run_id}
@@ -205,8 +253,19 @@ def run_sweep(cfg: SweepConfig) -> tuple[Comparison, dict[str, Any]]:
 
 
 def run(cfg: SweepConfig) -> int:
-    """CLI runner: 0 when every trial finished (or was stopped early), 1 when any failed."""
+    """CLI runner: 0 when every trial finished (or was stopped early), 1 when any failed, 130
+    when the sweep was interrupted (a rerun continues)."""
     comp, summary = run_sweep(cfg)
+    if summary["unfinished"] and cfg.stop_after:
+        print(comp.text())
+        print(f"[sweep] stopped after {cfg.stop_after} finished trial(s) as asked (stop_after); "
+              f"{summary['unfinished']} trial(s) left: rerun without it to continue")
+        return 0
+    if summary["unfinished"]:
+        print(comp.text())
+        print(f"dutrain sweep: interrupted; {summary['unfinished']} trial(s) did not finish. "
+              f"Finished trials are kept: rerun the same command to continue.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(comp.text())
     print(f"[sweep] {summary['finished']} finished, {summary['stopped']} stopped early, "
           f"{summary['failed']} failed ({summary['ran']} run now, {summary['skipped']} kept from "

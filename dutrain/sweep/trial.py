@@ -155,4 +155,4 @@ def run_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         metrics.update(children)
     client.set_terminated(run_id, status="FINISHED")
     write_record(ctx.root, trial.name, status="finished", metrics=metrics)
-    tune.report({**metrics, "stage_step": reported + 1})
+    tune.report({**metrics, "stage_step": reported + 1, "trial_finished": 1})

@@ -234,8 +234,8 @@ def plot(comp: Comparison, path: Path, kind: str = "bar") -> None:
 def plot_against(comp: Comparison, metric: str, params: Sequence[str], path: Path,
                  log_x: Sequence[str] = (), title: str = "") -> None:
     """One panel per param: `metric` of every run against that param's value (numbers on a
-    numeric axis, log-scaled for the keys in `log_x`; other values as categories). Runs without
-    the metric (failed) are left out."""
+    numeric axis, log-scaled for the keys in `log_x` and for values a decade or more apart;
+    other values as categories). Runs without the metric (failed) are left out."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -243,7 +243,8 @@ def plot_against(comp: Comparison, metric: str, params: Sequence[str], path: Pat
     n = max(1, len(params))
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.8 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 3.8 * cols), 3.4 * rows),
+                             squeeze=False)
     have = [r for r in comp.runs if r.data.metrics.get(metric) is not None]
     y = [float(r.data.metrics[metric]) for r in have]
     for ax, p in zip(axes.flat, params):
@@ -251,7 +252,7 @@ def plot_against(comp: Comparison, metric: str, params: Sequence[str], path: Pat
         try:
             x: list[Any] = [float(v) for v in raw]
             ax.scatter(x, y)
-            if p in log_x:
+            if p in log_x or (x and min(x) > 0 and max(x) >= 10 * min(x)):  # decades apart
                 ax.set_xscale("log")
         except ValueError:  # categories, in order of first appearance
             cats = list(dict.fromkeys(raw))
@@ -262,7 +263,7 @@ def plot_against(comp: Comparison, metric: str, params: Sequence[str], path: Pat
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(params):]:
         ax.axis("off")
-    fig.suptitle(title or f"{metric} against each swept parameter")
+    fig.suptitle(title or f"{metric} against each swept parameter", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -34,6 +34,7 @@ def small_data(ray_local, tmp_path_factory, project_root):
 def test_sweep_tree_failed_trial_and_resume(small_data, mlflow_server, tmp_path, project_root,
                                             capsys):
     exp = f"sweep-{uuid.uuid4().hex[:8]}"
+    MlflowClient(mlflow_server).create_experiment(exp)  # also wakes a server slow to first answer
     missing = tmp_path / "later"  # a dataset that appears only before the rerun
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(f"""
@@ -104,3 +105,45 @@ max_concurrent: 2
         assert sorted(x.info.status for x in by_name[r.info.run_name]) == ["FAILED", "FINISHED"]
     with open(tmp_path / "out/sweep.csv") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["FINISHED"] * 4
+
+
+def test_sweep_stopped_midway_continues_without_rerunning_finished_trials(
+        small_data, mlflow_server, tmp_path, project_root, capsys):
+    exp = f"sweep-{uuid.uuid4().hex[:8]}"
+    MlflowClient(mlflow_server).create_experiment(exp)
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(f"""
+verb: eval
+base: {project_root / 'workflows/configs/eval/baseline_prior.yaml'}
+overrides: {{splits: [test], plots: false, dataset: '{small_data}'}}
+space:
+  limit: {{grid: [4, 6, 8]}}
+metric: {METRIC}
+max_concurrent: 1
+""")
+    args = ["sweep", "--config", str(cfg), f"output={tmp_path / 'out'}",
+            f"tracking.uri={mlflow_server}", f"tracking.experiment={exp}"]
+    # ended by Tune once one trial has finished, as an interruption would end it
+    assert main([*args, "stop_after=1"]) == 0
+    out, _ = capsys.readouterr()
+    assert "stopped after 1 finished trial(s)" in out
+    client = MlflowClient(mlflow_server)
+    exp_id = client.get_experiment_by_name(exp).experiment_id
+    kids = client.search_runs([exp_id], "tags.`dutrain.stage` = 'eval'")
+    done = [r for r in kids if r.info.status == "FINISHED"]
+    assert len(done) == 1
+    for r in kids:  # a trial cut off while running: KILLED, marked interrupted
+        assert r.info.status in ("FINISHED", "KILLED")
+        if r.info.status == "KILLED":
+            assert r.data.tags["dutrain.trial_status"] == "interrupted"
+    (parent,) = client.search_runs([exp_id], "tags.`dutrain.stage` = 'sweep'")
+
+    assert main(args) == 0  # the same command again: only the two unfinished trials run
+    out, _ = capsys.readouterr()
+    assert "2 to run, 1 already done" in out and "3 finished" in out
+    kids = client.search_runs([exp_id], "tags.`dutrain.stage` = 'eval'")
+    again = [r for r in kids if r.info.run_name == done[0].info.run_name]
+    assert [r.info.run_id for r in again] == [done[0].info.run_id]  # not rerun
+    assert len({r.info.run_name for r in kids if r.info.status == "FINISHED"}) == 3
+    assert [r.info.run_id for r in client.search_runs(
+        [exp_id], "tags.`dutrain.stage` = 'sweep'")] == [parent.info.run_id]  # one parent

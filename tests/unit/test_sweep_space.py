@@ -120,3 +120,26 @@ def test_demo_preset_plans(tmp_path):
                       overrides=[f"output={tmp_path}"], verb="sweep")
     trials = plan(cfg)
     assert len(trials) >= 3 and cfg.metric
+
+
+def test_pipeline_trials_get_their_own_workdir_and_stage_metrics(tmp_path):
+    from mlflow import MlflowClient
+
+    from dutrain.sweep.trial import _child_metrics
+
+    cfg = _cfg(tmp_path, verb="pipeline", overrides={"stages": ["generate", "sft"]},
+               space={"sft.lr": {"grid": [1e-3, 2e-3]}})
+    trials = plan(cfg)
+    assert [t.config["sft"]["lr"] for t in trials] == [1e-3, 2e-3]
+    assert trials[0].config["workdir"] == str(tmp_path / "sweep" / "trials" / trials[0].name)
+    assert trials[0].config["tracking"]["run_name"] == trials[0].name
+    # a pipeline trial's stage runs are its children: their metrics, named by stage
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = client.create_experiment("x")
+    trial = client.create_run(exp).info.run_id
+    for stage, out, value in (("sft", "s", 0.5), ("eval", "/w/eval/model", 0.7)):
+        kid = client.create_run(exp, tags={"mlflow.parentRunId": trial,
+                                           "dutrain.stage": stage}).info.run_id
+        client.log_param(kid, "output", out)
+        client.log_metric(kid, "val/loss" if stage == "sft" else "test/type_f1", value)
+    assert _child_metrics(client, trial) == {"sft/val/loss": 0.5, "eval-model/test/type_f1": 0.7}
