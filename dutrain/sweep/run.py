@@ -272,6 +272,11 @@ def run(cfg: SweepConfig) -> int:
           f"before) in {summary['seconds']:.0f} s; table: {cfg.output}/sweep.md, charts: "
           f"{cfg.output}/sweep.png" + (f", {cfg.output}/sweep_vs_params.png" if cfg.metric
                                        else "") + f"; mlflow run: {summary['parent_run_id']}")
+    if cfg.metric and comp.runs and all(cfg.metric not in r.data.metrics for r in comp.runs):
+        logged = sorted({k for r in comp.runs for k in r.data.metrics})
+        print(f"dutrain sweep: no trial logged the metric '{cfg.metric}', so the table is not "
+              f"ranked; metrics the trials logged: {', '.join(logged[:20]) or 'none'}",
+              file=sys.stderr)
     if summary["failed"]:
         failed = [r.info.run_name for r in comp.runs if r.info.status == "FAILED"]
         print(f"dutrain sweep: {summary['failed']} trial(s) failed ({', '.join(failed)}; their "

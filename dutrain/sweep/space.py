@@ -219,10 +219,12 @@ def plan(cfg: Any) -> list[Trial]:
     dims = parse_space(cfg.space, cfg.verb)
     trials = []
     root = Path(cfg.output).absolute() / "trials"
+    # a trial keeps the folder (and run name) it had, even when a changed space renumbers it
+    had = {p.name.split("-", 1)[1]: p.name for p in root.glob("t*-*") if p.is_dir()}
     for i, (repeat, chosen) in enumerate(expand(dims, cfg.num_samples, cfg.seed)):
         conf = build_config(cfg, chosen, root / "pending")
         key = trial_key(cfg.verb, conf, repeat)
-        name = f"t{i:03d}-{key}"
+        name = had.get(key, f"t{i:03d}-{key}")
         conf = build_config(cfg, chosen, root / name, run_name=name)
         trials.append(Trial(name, key, chosen, to_dict(conf)))
     return trials

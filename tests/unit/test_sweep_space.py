@@ -143,3 +143,13 @@ def test_pipeline_trials_get_their_own_workdir_and_stage_metrics(tmp_path):
         client.log_param(kid, "output", out)
         client.log_metric(kid, "val/loss" if stage == "sft" else "test/type_f1", value)
     assert _child_metrics(client, trial) == {"sft/val/loss": 0.5, "eval-model/test/type_f1": 0.7}
+
+
+def test_a_trial_keeps_its_folder_when_the_space_renumbers_it(tmp_path):
+    cfg = _cfg(tmp_path, space={"lr": {"grid": [1e-3, 2e-3]}})
+    first = plan(cfg)
+    (tmp_path / "sweep" / "trials" / first[1].name).mkdir(parents=True)
+    wider = plan(_cfg(tmp_path, space={"lr": {"grid": [5e-4, 1e-3, 2e-3]}}))
+    assert [t.key for t in wider][1:] == [t.key for t in first]
+    assert wider[2].name == first[1].name == f"t001-{first[1].key}"  # kept, not t002-…
+    assert wider[1].name == f"t001-{first[0].key}"  # never ran: numbered afresh
