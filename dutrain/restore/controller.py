@@ -15,7 +15,8 @@ The plain plan applies every predicted step. The controller, per predicted step:
 3. **check and roll back**: after an applied step the classical estimators measure the result
    (`check_step`): the step's own presence statistic must not have moved away from "absent"; a
    Gaussian denoising step needs the noise it removes visible in the pixels (estimate ≥
-   `NOISE_SEEN`·sigma: JPEG blocks read as noise by the DCT estimate are not); the noise
+   `NOISE_SEEN`·sigma: JPEG blocks read as noise by the DCT estimate are not), a Poisson one
+   likewise ≥ `NOISE_SEEN`·255·sqrt(mean level / peak); the noise
    estimate must not have risen by more than `NOISE_RISE` times the operator's own expected gain
    (amplified noise, ringing), the JPEG periodicity score by more than `BLOCK_RISE` (new
    blockiness) unless the step removes JPEG, and the share of clipped pixels by more than
@@ -143,6 +144,13 @@ def check_step(type_name: str, before: Mapping[str, float], after: Mapping[str, 
             before["noise_sigma"] < NOISE_SEEN * float(params["sigma"]):
         return False, (f"the pixels show noise sigma {before['noise_sigma']:.2f} DN, not the "
                        f"{float(params['sigma']):.3g} DN the step removes")
+    if type_name == "poisson_noise" and params is not None and "mean" in before:
+        # photon noise at the image's mean level: sigma = 255·sqrt(mean / peak) DN
+        expected = 255.0 * math.sqrt(max(before["mean"], 1e-3) / float(params["peak"]))
+        if before["noise_sigma"] < NOISE_SEEN * expected:
+            return False, (f"the pixels show noise sigma {before['noise_sigma']:.2f} DN, not the "
+                           f"{expected:.3g} DN of photon noise at peak {params['peak']} the step "
+                           f"removes")
     if type_name not in ("gaussian_noise", "poisson_noise") and after["noise_sigma"] > \
             NOISE_RISE * max(1.0, amplification) * before["noise_sigma"] + 1.0:
         return False, (f"noise rose ({before['noise_sigma']:.2f} → {after['noise_sigma']:.2f} "
@@ -158,10 +166,11 @@ def check_step(type_name: str, before: Mapping[str, float], after: Mapping[str, 
 
 def reading(image_uint8: np.ndarray) -> dict[str, float]:
     """The classical estimators' reading of an image (`estimators.measure`) plus ``clipped``,
-    the share of pixels with a channel at 0 or 255."""
+    the share of pixels with a channel at 0 or 255, and ``mean``, the mean level (0-1)."""
     from dutrain.evaluate.estimators import measure
     f = dict(measure(image_uint8))
     f["clipped"] = float(np.mean(((image_uint8 == 0) | (image_uint8 == 255)).any(axis=2)))
+    f["mean"] = float(image_uint8.mean()) / 255.0
     return f
 
 

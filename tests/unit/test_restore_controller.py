@@ -88,6 +88,13 @@ def test_rollback_decision():
     ok, why = C.check_step("gaussian_noise", READ, {**READ, "noise_sigma_jpeg": 0.5}, CAL,
                            {"sigma": 20})
     assert not ok and "not the 20 DN" in why
+    # ... a Poisson one likewise: at peak 20 and mean level 0.4 it removes 255·sqrt(0.02) DN
+    flat = {**READ, "mean": 0.4, "noise_sigma": 0.5}
+    ok, why = C.check_step("poisson_noise", flat, flat, CAL, {"peak": 20})
+    assert not ok and "36.1 DN of photon noise" in why
+    noisy = {**flat, "noise_sigma": 30.0}
+    assert C.check_step("poisson_noise", noisy, {**noisy, "noise_sigma": 8.0}, CAL,
+                        {"peak": 20})[0]
 
 
 def _control(img, ann, scores=None, thresholds=None, **kw):
