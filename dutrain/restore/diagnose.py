@@ -18,6 +18,7 @@ Per type, with plain = the predictor's own answer:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Sequence
 
 from dutrain.schema import CLEAN, TYPES, canonicalize
@@ -79,7 +80,7 @@ def attribution(split: str, metrics: Mapping[str, float], counts: Mapping[str, i
                      f"{v['identity']:.2f} | {v['oracle']:.2f} | {v['predicted']:.2f} | "
                      f"{v['oracle_type']:.2f} | {v['oracle_values']:.2f} | {gap:+.2f} | "
                      f"{value_cost:+.2f} | {type_cost:+.2f} | {op:+.2f} | "
-                     f"{cause(gap, value_cost, type_cost, op)} |")
+                     f"{cause(gap, value_cost, type_cost, math.inf if g == CLEAN else op)} |")
     return out, lines
 
 

@@ -49,11 +49,13 @@ def test_attribution_splits_the_gap_and_names_the_cause():
             "/haze": (15.0, 50.0, 18.0, 18.0, 48.0),  # the values are wrong
             "/rain": (28.0, 40.0, 27.0, 39.0, 28.0),  # the type is wrong
             "/jpeg": (35.5, 35.9, 32.0, 35.0, 32.0),  # the type, and the operator gains little
+            "/clean": (60.0, 60.0, 44.0, 60.0, 44.0),  # named degraded: the type (no operator)
             }.items():
         for k, v in zip(("identity", "oracle", "predicted", "oracle_type", "oracle_values"),
                         (ident, orc, plain, ot, ov)):
             m[f"test/psnr/{k}{sfx}"] = v
-    out, lines = D.attribution("test", m, {"_total": 10, "haze": 3, "rain": 3, "jpeg": 4})
+    out, lines = D.attribution("test", m, {"_total": 12, "haze": 3, "rain": 3, "jpeg": 4,
+                                              "clean": 2})
     assert out["test/gap/oracle"] == 11.0
     assert out["test/gap/values/haze"] == pytest.approx(32.0)
     assert out["test/gap/type/haze"] == pytest.approx(2.0)
@@ -62,7 +64,8 @@ def test_attribution_splits_the_gap_and_names_the_cause():
             if ln.startswith("| ") and not ln.startswith("| type")}
     assert rows["haze"] == "values" and rows["rain"] == "type"
     assert rows["jpeg"] == "type (operator gains < 1 dB)"
-    assert "clean" not in rows  # no clean metrics: no row
+    assert rows["clean"] == "type"
+    assert "gaussian_blur" not in rows  # no metrics for it: no row
     assert D.cause(0.2, 0.1, 0.3, 5.0) == "-"
     assert D.cause(3.0, 2.0, 2.3, 5.0) == "values+type"
     assert D.filled_share([1, 0, 2], [2, 1, 1]) == 0.75
