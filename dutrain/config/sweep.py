@@ -34,7 +34,8 @@ class EarlyStopConfig:
     grace_period: int = option(2, "reports of the metric a trial gets before it may be stopped",
                                min=1)
     reduction_factor: float = option(2.0, "ASHA's halving rate", min=1.01)
-    max_t: int = option(100, "most metric reports a trial is compared over", min=1)
+    max_t: int = option(100, "ASHA's horizon in metric reports: a trial that reaches it is "
+                             "stopped, so keep it above the stage's number of reports", min=1)
     poll_seconds: float = option(2.0, "how often a trial reads its metric from MLflow", min=0.1)
 
 
@@ -53,7 +54,8 @@ class SweepConfig:
     seed: int = option(0, "seed of the random draws (the same seed gives the same trials)")
     max_concurrent: int = option(1, "trials running at once", min=1)
     cpus_per_trial: float = option(1.0, "CPUs Ray reserves for a trial's driver (its stage's "
-                                        "own workers reserve theirs)", min=0)
+                                        "own workers reserve theirs; 0: none, so its Ray Data "
+                                        "and Train workers may use every CPU)", min=0)
     gpus_per_trial: float = option(0.0, "GPUs Ray reserves for a trial's driver", min=0)
     metric: str | None = option(None, "the trial run's MLflow metric that ranks trials, e.g. "
                                       "val/loss, test/type_f1 (default: none; the table is "

@@ -118,7 +118,9 @@ def _tune(cfg: SweepConfig, ctx: TrialContext, todo: list[Trial]) -> tuple[Any, 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     scheduler = _asha(cfg) if cfg.early_stop.enabled else None
-    resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    # Ray refuses a trial that reserves nothing at all: 0 CPUs means a sliver
+    resources = {"cpu": cfg.cpus_per_trial or (0.001 if not cfg.gpus_per_trial else 0),
+                 "gpu": cfg.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
     tuner = tune.Tuner(
         trainable,

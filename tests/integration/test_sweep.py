@@ -120,6 +120,7 @@ space:
   limit: {{grid: [4, 6, 8]}}
 metric: {METRIC}
 max_concurrent: 1
+cpus_per_trial: 0   # Ray refuses an empty reservation: the sweep asks for a sliver
 """)
     args = ["sweep", "--config", str(cfg), f"output={tmp_path / 'out'}",
             f"tracking.uri={mlflow_server}", f"tracking.experiment={exp}"]
