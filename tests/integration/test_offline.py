@@ -1,7 +1,8 @@
 """`dutrain offline` end to end on the tiny model (issue 20): vLLM samples in Ray actors, scored
 with the structured reward, Parquet beside the run, pair statistics in MLflow, DPO with TRL's
-DPOTrainer, and a final checkpoint that `dutrain eval` serves; bad inputs are one-line errors
-before any actor.
+DPOTrainer in a Ray Train worker, and a final checkpoint that `dutrain eval` serves; progress
+bars; rejection-sampling fine-tuning through the SFT loop; an interrupted run resumed without
+resampling; bad inputs are one-line errors before any actor.
 
 The random tiny model under the answer grammar at temperature 1 gives valid answers whose
 rewards differ between samples (tests/integration/test_eval_model.py), so pairs exist.
