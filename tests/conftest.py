@@ -149,12 +149,14 @@ def which(name: str) -> str:
 # One `dutrain generate` + `dutrain sft` with the demo YAMLs, scaled down (fewer rows and steps),
 # built once per session: minutes of 2-core CPU that the SFT and RL learning tests both need.
 
-# CI size: the demo's 128-px single-degradation data (photos + dead leaves) with a fifth of the
-# rows, 400 steps of batch 8 per worker (the demo: 29,000 rows, 2,500 steps of 16).
+# CI size: the demo's 128-px single-degradation data with a seventh of the rows, from the
+# built-in photos + dead leaves (the floors of test_sft_demo were measured on them; the demo
+# itself adds the packaged `photos`, which test_generate_photos covers), 400 steps of batch 8
+# per worker (the demo: 40,000 rows, 2,500 steps of 16).
 DEMO_SFT_OVERRIDES = ["max_steps=400", "warmup_steps=20", "batch_size=8", "eval_every=400",
                       "checkpoint_every=400", "final_eval_samples=0", "val_samples=16",
                       "progress=false"]
-DEMO_GENERATE_OVERRIDES = ["samples=5800", "ood_fraction=0"]
+DEMO_GENERATE_OVERRIDES = ["samples=5800", "ood_fraction=0", "sources=[builtin,dead_leaves:24]"]
 
 
 @dataclass(frozen=True)
