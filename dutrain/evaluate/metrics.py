@@ -184,9 +184,12 @@ def confusion(scored: Iterable[Scored]) -> list[list[int]]:
 
     A true type that was predicted counts on the diagonal. A true type that was not: paired with
     each unmatched predicted type of the same stage (a confusion within the stage, e.g. gaussian
-    vs. defocus blur), else with ``clean`` when the answer said clean, else ``missed`` (also when
-    the answer was malformed). A predicted type left unpaired counts in row ``extra``; a clean
-    image answered with degradations counts each of them in row ``clean``.
+    vs. defocus blur); else, when it is the only true type left unpaired, with the predicted
+    types left unpaired whatever their stage (with one degradation per image, "downsample read
+    as low light" is the cell downsample → low_light, not a `missed` and an `extra`); else with
+    ``clean`` when the answer said clean, else ``missed`` (also when the answer was malformed).
+    A predicted type left unpaired counts in row ``extra``; a clean image answered with
+    degradations counts each of them in row ``clean``.
     """
     rows, cols = confusion_labels()
     ri, ci = {r: i for i, r in enumerate(rows)}, {c: i for i, c in enumerate(cols)}
@@ -203,16 +206,24 @@ def confusion(scored: Iterable[Scored]) -> list[list[int]]:
                 m[ri[CLEAN]][ci[p]] += 1
             continue
         paired: set[str] = set()
+        lone: list[str] = []  # true types neither predicted nor confused within their stage
         for t in sorted(true, key=lambda x: TAXONOMY[x].stage):
             if t in pred:
                 m[ri[t]][ci[t]] += 1
                 continue
             same_stage = [p for p in unmatched_pred
                           if p != CLEAN and TAXONOMY[p].stage == TAXONOMY[t].stage]
-            if same_stage:
-                for p in same_stage:
+            for p in same_stage:
+                m[ri[t]][ci[p]] += 1
+                paired.add(p)
+            if not same_stage:
+                lone.append(t)
+        left = sorted(unmatched_pred - paired - {CLEAN})
+        for t in lone:
+            if len(lone) == 1 and left:  # one true type, read as another stage's type(s)
+                for p in left:
                     m[ri[t]][ci[p]] += 1
-                    paired.add(p)
+                paired.update(left)
             elif pred == {CLEAN}:
                 m[ri[t]][ci[CLEAN]] += 1
             else:

@@ -88,9 +88,11 @@ def test_confusion_by_hand():
     rows_l, cols_l = confusion_labels()
     cm = confusion(scored([render_answer(r, "x") for r in (R2, R4, R1, R3)]))
     got = {(rows_l[i], cols_l[j]): v for i, r in enumerate(cm) for j, v in enumerate(r) if v}
+    # haze+jpeg answered haze+gaussian_noise: the one unpaired true type (jpeg) is read as the
+    # one unpaired predicted type, across stages
     assert got == {("clean", "jpeg"): 1, ("jpeg", "jpeg"): 1, (EXTRA, "haze"): 1,
                    ("haze", "clean"): 1, ("gaussian_noise", "clean"): 1, ("haze", "haze"): 1,
-                   ("jpeg", MISSED): 1, (EXTRA, "gaussian_noise"): 1}
+                   ("jpeg", "gaussian_noise"): 1}
     blur = {"degradations": [{"type": "gaussian_blur", "params": {"sigma": 1.0}}]}
     defocus = render_answer(
         {"degradations": [{"type": "defocus_blur", "params": {"radius": 2.0}}]}, "x")
@@ -98,6 +100,19 @@ def test_confusion_by_hand():
                     score_sample("c", "t", "garbage", R1)])
     got = {(rows_l[i], cols_l[j]): v for i, r in enumerate(cm) for j, v in enumerate(r) if v}
     assert got == {("gaussian_blur", "defocus_blur"): 1, ("jpeg", MISSED): 1, ("clean", MISSED): 1}
+    # one degradation per image (the demo): a wrong type is true → predicted, whatever the stage
+    down = {"degradations": [{"type": "downsample", "params": {"scale": 0.5}}]}
+    dark = render_answer({"degradations": [{"type": "low_light",
+                                            "params": {"exposure": 0.3, "gamma": 2.0}}]}, "x")
+    noisy_hazy = render_answer(R3, "x")  # two types named for one: both in that row, no extra
+    cm = confusion([score_sample("a", "t", dark, down), score_sample("b", "t", noisy_hazy, R2)])
+    got = {(rows_l[i], cols_l[j]): v for i, r in enumerate(cm) for j, v in enumerate(r) if v}
+    assert got == {("downsample", "low_light"): 1, ("jpeg", "haze"): 1,
+                   ("jpeg", "gaussian_noise"): 1}
+    # two true types unpaired and a third predicted: which was read as which is unknown
+    cm = confusion([score_sample("c", "t", render_answer(R2, "x"), R3)])
+    got = {(rows_l[i], cols_l[j]): v for i, r in enumerate(cm) for j, v in enumerate(r) if v}
+    assert got == {("haze", MISSED): 1, ("gaussian_noise", MISSED): 1, (EXTRA, "jpeg"): 1}
 
 
 def test_predictions_lines_never_fail():
