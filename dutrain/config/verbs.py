@@ -42,7 +42,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in [
     Verb("rl", "dutrain.config.rl:RLConfig", "dutrain.rl.controller:run",
          "GRPO on the structured rewards: vLLM rollout actors + DDP learner actors on Ray"),
     Verb("offline", "dutrain.config.offline:OfflineConfig", "dutrain.offline.run:run",
-         "offline RL: sample a checkpoint K times per image, score, DPO on preference pairs"),
+         "offline RL: sample a checkpoint K times per image, score, then DPO on preference "
+         "pairs (TRL) or fine-tune on the best samples (method=rft)"),
     Verb("eval", "dutrain.config.eval:EvalConfig", "dutrain.evaluate.run:run_eval",
          "score a model, a baseline or a predictions file: metrics, report, plots"),
     Verb("compare", "dutrain.config.compare:CompareConfig", "dutrain.tracking.compare:run_compare",
