@@ -31,7 +31,7 @@ from dutrain.config.generate import GenerateConfig
 from dutrain.data.generate import generate
 from dutrain.data.plan import plan_crops, plan_shards, shard_name, split_of
 from dutrain.data.shard import shard_rows, write_rows
-from dutrain.data.sources import list_sources, load_source
+from dutrain.data.sources import list_sources, load_source, train_only
 from dutrain.io.dataset import decode_png, read_table
 from dutrain.io.images import Rejected, check_size
 
@@ -52,7 +52,8 @@ def plain_loop(cfg: GenerateConfig, out: str) -> dict:
             check_size(load_source(ref.uri, None, cfg.max_pixels)[0], cfg.image_size)
         except Rejected:
             continue
-        splits[ref.source_id] = split_of(ref.source_id, cfg.val_fraction, cfg.test_fraction)
+        splits[ref.source_id] = "train" if train_only(ref.uri) else split_of(
+            ref.source_id, cfg.val_fraction, cfg.test_fraction)
         uris[ref.source_id] = ref.uri
     crops = plan_crops(splits, cfg.samples, cfg.ood_fraction, cfg.variants_per_crop, cfg.seed)
     params = {k: getattr(cfg, k) for k in ("image_size", "seed", "png_level", "min_crop_std",
