@@ -508,6 +508,12 @@ def _ray_children(marker: str, me: int) -> list[int]:
     return [p for p in _marked(marker) if p != me]
 
 
+def _sigint_default() -> None:
+    """A child that Ctrl-C can reach even when the suite runs in the background (`cmd &` in a
+    non-interactive shell starts it with SIGINT ignored, and children inherit that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("delay_s", [0.0, 1.5])
 def test_ctrl_c_during_ray_start_up_leaves_no_ray_processes(tmp_path, delay_s):
     """SIGINT while the local Ray cluster starts (as soon as its first process is up, and a
@@ -517,7 +523,7 @@ def test_ctrl_c_during_ray_start_up_leaves_no_ray_processes(tmp_path, delay_s):
     proc = subprocess.Popen([str(BIN / "dutrain"), "generate", "sources=[builtin]", "samples=4",
                              f"output={tmp_path / 'o'}", OFF, "progress=false", "ray.num_cpus=1"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_sigint_default)
     try:
         deadline = time.monotonic() + 90
         while not _ray_children(marker, proc.pid) and proc.poll() is None:
@@ -556,7 +562,7 @@ def test_ctrl_c_before_ray_exits_130(tmp_path):
             "from dutrain.cli import main\n"
             f"sys.exit(main(['generate', 'output={tmp_path / 'o'}', '{OFF}']))\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, preexec_fn=_sigint_default)
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert "dutrain generate: interrupted" in proc.stderr
