@@ -72,6 +72,11 @@ def photo_entries(group: str | None = None) -> list[dict[str, Any]]:
                   key=lambda p: p["id"])
 
 
+def is_photo_spec(spec: str) -> bool:
+    """`photos` or `photos:GROUP` (a folder named e.g. `photos2` is an ordinary source)."""
+    return spec == PHOTOS or spec.startswith(f"{PHOTOS}:")
+
+
 def source_id(entry: dict[str, Any]) -> str:
     return f"{PHOTOS}/{entry['id']}"
 

@@ -115,7 +115,7 @@ def list_one(spec: str, storage: Any = None, missing_photos_ok: bool = False) ->
     spec = str(spec)
     if spec == BUILTIN:
         return [SourceRef(f"{BUILTIN}/{n}", f"{BUILTIN}:{n}") for n in BUILTIN_IMAGES]
-    if spec == photos.PHOTOS or spec.startswith(f"{photos.PHOTOS}:"):
+    if photos.is_photo_spec(spec):
         return [SourceRef(sid, path) for sid, path in photos.list_photos(spec, missing_photos_ok)]
     try:
         procedural = parse_spec(spec)
@@ -149,7 +149,7 @@ def list_sources(specs: Iterable[str], storage: Any = None,
     refs: list[SourceRef] = []
     for spec in specs:
         found = list_one(spec, storage, missing_photos_ok)
-        if not found and missing_photos_ok and str(spec).startswith(photos.PHOTOS):
+        if not found and missing_photos_ok and photos.is_photo_spec(str(spec)):
             continue  # list_photos has warned: the other sources go on
         if not found:
             raise SourceError(f"source {spec!r} holds no image files (extensions: "
