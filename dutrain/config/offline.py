@@ -43,6 +43,10 @@ class OfflineConfig:
                                  choices=("reasoning", "answer"))
     val_samples: int = option(32, "rft: val rows for the validation loss", min=1)
     beta: float = option(0.1, "dpo: temperature of the implicit reward", min=0.0)
+    sft_weight: float = option(0.0, "dpo: weight of a negative log-likelihood term on the chosen "
+                                    "completion beside the DPO loss (TRL loss_type 'sft', as in "
+                                    "RPO); keeps the policy's format while the margin grows",
+                               min=0.0)
     lr: float = option(1e-5, "AdamW learning rate", min=0.0)
     epochs: int = option(1, "passes over the pairs (dpo) or best samples (rft)", min=1)
     batch_size: int = option(4, "pairs (dpo) or samples (rft) per worker per optimiser step",

@@ -118,7 +118,10 @@ def dpo_dataset(pairs: list[dict[str, Any]], images: dict[str, Any]) -> Any:
 def dpo_args(cfg: OfflineConfig, output_dir: str) -> Any:
     from trl import DPOConfig
 
-    return DPOConfig(output_dir=output_dir, beta=cfg.beta, learning_rate=cfg.lr,
+    # loss_type 'sft' adds the chosen completion's NLL (RPO), weighted against the sigmoid loss
+    losses = (dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, cfg.sft_weight])
+              if cfg.sft_weight > 0 else dict(loss_type=["sigmoid"]))
+    return DPOConfig(output_dir=output_dir, beta=cfg.beta, learning_rate=cfg.lr, **losses,
                      num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
                      per_device_train_batch_size=cfg.batch_size,
                      max_grad_norm=cfg.max_grad_norm or 1e9, seed=cfg.seed, data_seed=cfg.seed,

@@ -22,3 +22,14 @@ def test_defaults_sample_and_bad_values_are_config_errors():
 def test_help_shows_the_sections_factory_defaults():
     rows = {k: d for k, d, _ in help_rows(OfflineConfig)}
     assert rows["generation.temperature"] == "1.0" and rows["generation.structured"] == "true"
+
+
+def test_sft_weight_adds_trls_sft_loss_beside_the_sigmoid_one(tmp_path):
+    from dutrain.offline.dpo import dpo_args
+
+    plain = dpo_args(load_config(OfflineConfig), str(tmp_path))
+    assert list(plain.loss_type) == ["sigmoid"]
+    rpo = dpo_args(load_config(OfflineConfig, overrides=["sft_weight=0.5"]), str(tmp_path))
+    assert list(rpo.loss_type) == ["sigmoid", "sft"] and list(rpo.loss_weights) == [1.0, 0.5]
+    with pytest.raises(ConfigError, match="sft_weight"):
+        load_config(OfflineConfig, overrides=["sft_weight=-1"])
