@@ -126,6 +126,21 @@ def test_demo_preset_plans(tmp_path):
     assert len(trials) >= 3 and cfg.metric
 
 
+@pytest.mark.parametrize("name, verb, arms", [
+    ("reasoning", "sft", {"target": {"reasoning", "answer"}, "seed": {0, 1}}),
+    ("reasoning_gpu", "sft", {"target": {"reasoning", "answer"}, "seed": {0, 1}}),
+    ("reward", "rl", {"reward.weights.value": {0.2, 0.4}, "loss.kl_coef": {0.02, 0.5}}),
+    ("reward_gpu", "rl", {"loss.kl_coef": {0.02, 0.1, 0.5}})])
+def test_ablation_presets_plan_every_arm_with_seeds(tmp_path, name, verb, arms):
+    cfg = load_config(SweepConfig, ROOT / f"workflows/configs/sweep/{name}.yaml",
+                      overrides=[f"output={tmp_path}"], verb="sweep")
+    trials = plan(cfg)  # every trial's config validated against the verb's schema
+    assert cfg.verb == verb and cfg.metric
+    for key, values in arms.items():
+        assert {t.overrides[key] for t in trials} == values
+    assert len({t.overrides["seed"] for t in trials}) == 2  # a spread across seeds, not one run
+
+
 def test_pipeline_trials_get_their_own_workdir_and_stage_metrics(tmp_path):
     from mlflow import MlflowClient
 
