@@ -25,8 +25,7 @@ from typing import Any, Callable
 from dutrain.config import VERBS, replace, to_dict
 from dutrain.config.pipeline import PIPELINE_STAGES, PipelineConfig
 from dutrain.config.secrets import redacted
-from dutrain.data.generate import is_finished
-from dutrain.data.sources import list_sources
+from dutrain.data.generate import is_finished, stage_inputs, unstage_inputs
 from dutrain.errors import UserError
 from dutrain.io.storage import join
 from dutrain.runtime import preflight
@@ -217,6 +216,13 @@ def _compare_evals(job: StageJob, pid: str) -> StageJob:
 def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None = None) -> dict:
     """Run the planned stages; returns {label: {"status", "seconds"}}. Raises PipelineError
     (a stage's user error) or StageFailed (a stage's non-zero exit code)."""
+    try:
+        return _run_stages(cfg, runner)
+    finally:
+        unstage_inputs()  # the sources the preflight listed, when no generate stage took them
+
+
+def _run_stages(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None) -> dict:
     runner = runner or (lambda verb, c: VERBS[verb].run_fn()(c))
     jobs = plan(cfg)
     preflight_pipeline(cfg)
@@ -314,14 +320,14 @@ def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
 
 def preflight_pipeline(cfg: PipelineConfig) -> None:
     """What can be checked before Ray starts: the workdir and storage root, the tracking server,
-    generate's sources, sft's starting model, and the dataset when generate does not run."""
+    generate's sources, sft's starting model, and the dataset when generate does not run.
+    Generate's checked listing is kept for its stage, which does not list and hash again."""
     preflight.output_location("workdir", cfg.workdir)
     if cfg.storage_root:
         preflight.output_location("storage_root", cfg.storage_root, cfg.generate.storage)
     preflight.tracking(cfg.tracking)
     if "generate" in cfg.stages:
-        list_sources(cfg.generate.sources, cfg.generate.storage,
-                     not cfg.generate.require_photos)
+        stage_inputs(cfg.generate)
     if "sft" in cfg.stages:
         preflight.model("sft.model", cfg.sft.model, cfg.sft.storage)
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dutrain.data.photos import PHOTOS, groups
+from dutrain.data.photos import is_photo_spec, spec_group
 from dutrain.degrade.procedural import parse_spec
 from dutrain.schema import TYPES
 
@@ -65,11 +65,10 @@ class GenerateConfig:
         for spec in self.sources:
             try:
                 parse_spec(str(spec))
-            except ValueError as exc:
+                if is_photo_spec(str(spec)):  # the photos module's one check of a group name
+                    spec_group(str(spec))
+            except ValueError as exc:  # a PhotoError is one
                 raise ConfigError(f"bad value for 'sources': {exc}") from None
-            if str(spec).startswith(f"{PHOTOS}:") and spec.split(":", 1)[1] not in groups():
-                raise ConfigError(f"bad value for 'sources': {spec!r} (allowed photo groups: "
-                                  f"{', '.join(f'{PHOTOS}:{g}' for g in groups())})")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ConfigError(f"bad values for 'val_fraction' + 'test_fraction': "
                               f"{self.val_fraction} + {self.test_fraction} (allowed: sum < 1, "

@@ -58,6 +58,42 @@ class GenerateError(UserError):
     """A run that cannot start or finish; the message says what to change."""
 
 
+# ------------------------------------------------------------------------------------ inputs
+
+#: the listing `stage_inputs` checked last, under its key, until a `generate` takes it
+_STAGED: dict[tuple[Any, ...], list[SourceRef]] = {}
+
+
+def _inputs_key(cfg: GenerateConfig) -> tuple[Any, ...]:
+    return (tuple(str(s) for s in cfg.sources), cfg.require_photos, repr(cfg.storage),
+            str(photos.cache_dir()))
+
+
+def stage_inputs(cfg: GenerateConfig) -> list[SourceRef]:
+    """List and check the sources of `cfg` before Ray starts (a bad source, or a packaged photo
+    missing or changed: one UserError line; with require_photos=false a warning) and keep the
+    listing: the next `generate` of the same sources in this process takes it instead of
+    listing and hashing every photo again (the pipeline's preflight stages, its generate stage
+    takes; `unstage_inputs` drops what no stage took)."""
+    refs = list_sources(cfg.sources, cfg.storage, not cfg.require_photos)  # a UserError
+    _STAGED.clear()
+    _STAGED[_inputs_key(cfg)] = refs
+    return refs
+
+
+def take_inputs(cfg: GenerateConfig) -> list[SourceRef]:
+    """The sources of `cfg` as `stage_inputs` checked them (taken: a later run lists afresh),
+    else listed and checked now."""
+    refs = _STAGED.pop(_inputs_key(cfg), None)
+    _STAGED.clear()
+    return list_sources(cfg.sources, cfg.storage, not cfg.require_photos) if refs is None \
+        else refs
+
+
+def unstage_inputs() -> None:
+    _STAGED.clear()
+
+
 @dataclass
 class GenerateResult:
     output: str
@@ -212,10 +248,9 @@ def probe(ray: Any, refs: list[SourceRef], cfg: GenerateConfig, storage: dict[st
 
 def build_plan(ray: Any, cfg: GenerateConfig, params: dict[str, Any], fp: str,
                storage: dict[str, Any], runtime_env: dict[str, Any] | None,
-               refs: list[SourceRef] | None = None) -> dict[str, Any]:
+               refs: list[SourceRef]) -> dict[str, Any]:
+    """`refs`: the sources `take_inputs` listed and checked before Ray started."""
     t0 = time.perf_counter()
-    if refs is None:
-        refs = list_sources(cfg.sources, cfg.storage, not cfg.require_photos)  # a UserError
     named = [r for r in refs if is_text(r.source_id) and is_text(r.uri)]
     rejects = [{"source_id": printable_name(r.source_id), "uri": printable_name(r.uri),
                 "reason": "file name is not valid UTF-8 (ids and Parquet strings must be "
@@ -369,9 +404,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     with preflight.s3_errors("output", cfg.output):
         root = Root(cfg.output, cfg.storage)
         plan = prepare_output(root, cfg, params, fp)
-    # sources are listed (a bad one refused) before Ray starts; a resumed plan has its own list
-    refs = list_sources(cfg.sources, cfg.storage, not cfg.require_photos) if plan is None \
-        else None
+    # sources are listed (a bad one refused) before Ray starts, once: the listing a preflight
+    # staged (`stage_inputs`) is taken; a resumed plan has its own list
+    refs = take_inputs(cfg) if plan is None else None
     preflight.tracking(cfg.tracking)
     opts = s3_options(cfg.storage).get("client_kwargs", {})
     storage = {"endpoint_url": opts.get("endpoint_url"), "region": opts.get("region_name")}

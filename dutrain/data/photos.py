@@ -43,6 +43,8 @@ LONG_SIDE = 512  # px of the prepared photo's long side (at most)
 MIN_FACTOR = 2.0  # downscale at least this much, whatever the original's size
 INSTALLED = "installed.json"
 INSTALL_HINT = "install them with `python -m dutrain.data.photos install` (run by `make venv`)"
+#: what `state` says of a photo in the cache
+OK, MISSING, CHANGED = "ok", "missing", "changed"
 
 
 class PhotoError(UserError, ValueError):
@@ -63,11 +65,19 @@ def groups() -> list[str]:
     return sorted(manifest()["packages"])
 
 
+def check_group(group: str) -> str:
+    """`group` when the manifest has it, else a PhotoError naming the allowed groups: the one
+    check of a group name (the config's validation and the listing both use it)."""
+    if group not in manifest()["packages"]:
+        raise PhotoError(f"unknown photo group {group!r} in source '{PHOTOS}:{group}' "
+                         f"(allowed: {', '.join(groups())})")
+    return group
+
+
 def photo_entries(group: str | None = None) -> list[dict[str, Any]]:
     """Manifest entries ({id, group, path, sha256, license, author, why}), sorted by id."""
-    if group is not None and group not in manifest()["packages"]:
-        raise PhotoError(f"unknown photo group {group!r} in source 'photos:{group}' "
-                         f"(allowed: {', '.join(groups())})")
+    if group is not None:
+        check_group(group)
     return sorted((p for p in manifest()["photos"] if group is None or p["group"] == group),
                   key=lambda p: p["id"])
 
@@ -75,6 +85,12 @@ def photo_entries(group: str | None = None) -> list[dict[str, Any]]:
 def is_photo_spec(spec: str) -> bool:
     """`photos` or `photos:GROUP` (a folder named e.g. `photos2` is an ordinary source)."""
     return spec == PHOTOS or spec.startswith(f"{PHOTOS}:")
+
+
+def spec_group(spec: str) -> str | None:
+    """The group a photo spec names (None for `photos`: every group); an unknown group is a
+    PhotoError (`check_group`)."""
+    return None if spec == PHOTOS else check_group(spec.split(":", 1)[1])
 
 
 def source_id(entry: dict[str, Any]) -> str:
@@ -166,7 +182,7 @@ def install(root: Path | None = None, only: list[str] | None = None,
     for group in only or groups():
         pkg = manifest()["packages"][group]
         entries = photo_entries(group)
-        todo = [p for p in entries if not _intact(p, root, installed)]
+        todo = [p for p in entries if state(p, root, installed) != OK]
         result["skipped"] += [p["id"] for p in entries if p not in todo]
         if not todo:
             continue
@@ -202,10 +218,17 @@ def install(root: Path | None = None, only: list[str] | None = None,
     return result
 
 
-def _intact(entry: dict[str, Any], root: Path, installed: dict[str, str]) -> bool:
+def state(entry: dict[str, Any], root: Path | None = None,
+          installed: dict[str, str] | None = None) -> str:
+    """OK, MISSING (not installed: no record or no file) or CHANGED (the prepared file's sha256
+    differs from the one recorded when it was installed) — the one check of a cached photo.
+    `installed` is the cache's record (read from `root` when not given)."""
+    root = root or cache_dir()
+    installed = _read_installed(root) if installed is None else installed
     path = prepared_path(entry, root)
-    return entry["id"] in installed and path.is_file() and \
-        _sha256(path.read_bytes()) == installed[entry["id"]]
+    if entry["id"] not in installed or not path.is_file():
+        return MISSING
+    return OK if _sha256(path.read_bytes()) == installed[entry["id"]] else CHANGED
 
 
 # ------------------------------------------------------------------------------------ listing
@@ -217,16 +240,16 @@ def list_photos(spec: str, missing_ok: bool = False,
     A photo not installed is an error (or, with `missing_ok`, left out with one warning); a
     prepared file that changed since it was installed is always an error.
     """
-    group = spec.split(":", 1)[1] if ":" in spec else None
     root = cache_dir()
     installed = _read_installed(root)
     out, missing = [], []
-    for p in photo_entries(group):
+    for p in photo_entries(spec_group(spec)):
         path = prepared_path(p, root)
-        if p["id"] not in installed or not path.is_file():
+        st = state(p, root, installed)
+        if st == MISSING:
             missing.append(p["id"])
             continue
-        if _sha256(path.read_bytes()) != installed[p["id"]]:
+        if st == CHANGED:
             raise PhotoError(f"photo {p['id']!r} at {path} changed since it was installed; "
                              f"delete it and {INSTALL_HINT}")
         out.append((source_id(p), str(path)))
@@ -254,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "status":
         installed = _read_installed(cache_dir())
         entries = [p for g in (args.group or groups()) for p in photo_entries(g)]
-        ok = [p for p in entries if _intact(p, cache_dir(), installed)]
+        ok = [p for p in entries if state(p, cache_dir(), installed) == OK]
         print(f"photos: {len(ok)} of {len(entries)} installed in {cache_dir()}")
         return 0 if len(ok) == len(entries) else 1
     res = install(only=args.group, log=lambda m: print(m, file=sys.stderr))

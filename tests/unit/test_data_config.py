@@ -29,6 +29,7 @@ def test_required_keys_exist_and_defaults_are_offline():
     (["image_size=4"], "image_size"),
     (["png_level=10"], "png_level"),
     (["workers=0"], "workers"),
+    (["sources=[builtin,photos:nope]"], "'sources': unknown photo group 'nope'.*caer"),
 ])
 def test_bad_values_fail_before_work(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dutrain.config import load_config
+from dutrain.config.generate import GenerateConfig
+from dutrain.data import generate as gen
 from dutrain.data import photos
 from dutrain.data.plan import split_of
 from dutrain.data.sources import list_sources
@@ -83,6 +86,30 @@ def test_listing_checks_the_cache_missing_is_an_error_or_a_warning_changed_alway
         list_sources(["photos:palapeli"], missing_photos_ok=True)
     with pytest.raises(photos.PhotoError, match="unknown photo group 'nope'.*caer"):
         list_sources(["photos:nope"])
+
+
+def test_state_is_the_one_check_of_a_cached_photo(tmp_path):
+    group = photos.photo_entries("palapeli")
+    _fake_cache(tmp_path, group[:2])
+    photos.prepared_path(group[1], tmp_path).write_bytes(b"not the installed file")
+    assert [photos.state(p, tmp_path) for p in group[:3]] == \
+        [photos.OK, photos.CHANGED, photos.MISSING]
+
+
+def test_sources_staged_by_the_preflight_are_listed_and_hashed_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("DUTRAIN_PHOTOS_DIR", str(tmp_path))
+    _fake_cache(tmp_path, photos.photo_entries("palapeli"))
+    hashed, sha256 = [], photos._sha256
+    monkeypatch.setattr(photos, "_sha256", lambda data: hashed.append(1) or sha256(data))
+    cfg = load_config(GenerateConfig, overrides=["sources=[photos:palapeli,builtin]"])
+    refs = gen.stage_inputs(cfg)  # the pipeline's preflight, before Ray starts
+    assert len(hashed) == 5
+    assert gen.take_inputs(cfg) == refs and len(hashed) == 5  # generate: not again
+    assert gen.take_inputs(cfg) == refs and len(hashed) == 10  # taken once: a later run lists
+    gen.stage_inputs(cfg)
+    other = load_config(GenerateConfig, overrides=["sources=[photos:palapeli]"])
+    assert len(gen.take_inputs(other)) == 5 and len(hashed) == 20  # other sources: listed
+    assert gen.take_inputs(cfg) == refs and len(hashed) == 25  # and the staged one dropped
 
 
 def test_attribution_lists_license_and_author_of_the_photos_used_only():
