@@ -7,6 +7,9 @@ from .core import ConfigError, configclass, option, to_dict
 
 #: initialisations of the tiny model's patch embedding (`dutrain.models.tiny`)
 PATCH_INITS = ("random", "dct", "dct_block")
+#: prompt modes (`dutrain.models.prompts`): the instruction alone, or with the measured cues of
+#: the image (the measurement tool's line); a property of the trained model, saved with it
+PROMPT_MODES = ("plain", "cues")
 
 
 @configclass
@@ -56,6 +59,11 @@ class SFTConfig:
     target: str = option("reasoning", "assistant target: '<think>' cues then '<answer>' "
                                       "('reasoning'), or the answer alone ('answer')",
                          choices=("reasoning", "answer"))
+    prompt: str = option("plain", "prompt mode, saved with the model (dutrain_prompt.json) and "
+                                  "read from it by every later stage: the instruction alone "
+                                  "('plain'), or also the cues measured on the image, which the "
+                                  "'<think>' then no longer restates ('cues')",
+                         choices=PROMPT_MODES)
     # --- scale
     num_workers: int = option(2, "Ray Train workers (data-parallel replicas)", min=1)
     use_gpu: bool = option(False, "one GPU per worker (NCCL); else CPU workers (gloo)")

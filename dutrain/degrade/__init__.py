@@ -15,10 +15,11 @@ from .chain import (
     sample_chain,
 )
 from .cues import CUE_NAMES, measure_cues
-from .reasoning import write_reasoning
+from .reasoning import stated_cues, tool_line, write_reasoning
 
 __all__ = [
     "CUE_NAMES", "DEFAULT_TYPE_PROBS", "LUMA_WEIGHTS", "REGISTRY", "apply_chain", "apply_operator",
     "measure_cues",
-    "operator_rng", "sample_chain", "to_float", "to_rgb_uint8", "to_uint8", "write_reasoning",
+    "operator_rng", "sample_chain", "stated_cues", "to_float", "to_rgb_uint8", "to_uint8",
+    "tool_line", "write_reasoning",
 ]

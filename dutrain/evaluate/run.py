@@ -12,7 +12,7 @@ from dutrain.config.eval import EvalConfig
 from dutrain.config.openai import PREFIX as OPENAI_PREFIX
 from dutrain.errors import UserError
 from dutrain.io.dataset import decode_png, read_table
-from dutrain.models import resolve_model
+from dutrain.models import prompt_mode, resolve_model
 from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
 from dutrain.tracking import stage_run
@@ -66,6 +66,7 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
         timing["eval/samples_per_s"] = len(wanted) / dt if dt > 0 else 0.0
         return {r["sample_id"]: t for r, t in zip(wanted, texts)}, info, timing
     model_dir = str(resolve_model(cfg.source, storage=cfg.storage))
+    info["prompt"] = prompt_mode(model_dir)  # what the engines prompt the model with
     with ray_session(cfg.ray):
         texts, stats = vllm_completions(model_dir, [r["degraded"] for r in wanted],
                                         cfg.generation)
@@ -142,6 +143,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         (out / "baseline.json").write_text(json.dumps(info["baseline"], indent=1))
     plots = write_plots(scored, confusions, out) if cfg.plots else {}
     notes = notes_for(info) + [f"{s}: no rows in the dataset" for s in empty]
+    if info.get("prompt") == "cues":
+        notes.append("prompt: cues (the model's dutrain_prompt.json): each image's measured cues "
+                     "were given in the prompt")
     notes += [f"openai: {n} sample(s) without an answer: {kind} (see completions.jsonl)"
               for kind, n in sorted(info.get("openai_errors", {}).items())]
     sources = {s: by_source(sc) for s, sc in scored.items()}

@@ -8,15 +8,21 @@ lazily: vLLM is heavy and optional on a training worker).
 from .loading import check_model_dir, load_model, load_processor, resolve_model
 from .prompts import (
     INSTRUCTION,
+    PROMPT_FILE,
+    Prompter,
     encode_images,
     encode_prompts,
     encode_sft,
+    image_cues,
     messages,
+    prompt_mode,
     prompt_text,
     to_pil,
+    write_prompt_mode,
 )
 from .tiny import TinySpec, tiny_model
 
 __all__ = ["check_model_dir", "load_model", "load_processor", "resolve_model", "INSTRUCTION",
-           "encode_images", "encode_prompts", "encode_sft", "messages", "prompt_text", "to_pil",
+           "PROMPT_FILE", "Prompter", "encode_images", "encode_prompts", "encode_sft",
+           "image_cues", "messages", "prompt_mode", "prompt_text", "to_pil", "write_prompt_mode",
            "TinySpec", "tiny_model"]

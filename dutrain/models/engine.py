@@ -29,7 +29,7 @@ from transformers import AutoProcessor
 from dutrain.runtime.vllm_env import set_vllm_env
 from dutrain.schema import TAXONOMY
 
-from .prompts import prompt_text, to_pil
+from .prompts import Prompter, prompt_mode, to_pil
 
 
 @dataclass
@@ -171,7 +171,8 @@ def answer_grammar() -> str:
 
 class VLLMEngine:
     """One vLLM engine over a Qwen2-VL-family directory; prompts built by
-    `dutrain.models.prompts`."""
+    `dutrain.models.prompts` in the model's own prompt mode (its dutrain_prompt.json: one shared
+    prompt when 'plain', the cues measured on each request's image when 'cues')."""
 
     def __init__(self, model_dir: str | os.PathLike, dtype: str = "float32",
                  max_model_len: int = 1024, max_num_seqs: int = 16, seed: int = 0,
@@ -182,7 +183,8 @@ class VLLMEngine:
 
         self.model_dir = str(model_dir)
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
-        self._prompt = prompt_text(self.processor)
+        self.prompt_mode = prompt_mode(self.model_dir)
+        self.prompter = Prompter(self.processor, self.prompt_mode)
         kwargs = dict(model=self.model_dir, dtype=dtype, max_model_len=max_model_len,
                       max_num_seqs=max_num_seqs, seed=seed, enforce_eager=enforce_eager,
                       limit_mm_per_prompt={"image": 1, "video": 0},
@@ -237,8 +239,8 @@ class VLLMEngine:
             params = [params.clone() for _ in seeds]
             for p, s in zip(params, seeds):
                 p.seed = int(s)
-        reqs = [{"prompt": self._prompt, "multi_modal_data": {"image": to_pil(im)}}
-                for im in images]
+        pils = [to_pil(im) for im in images]
+        reqs = [{"prompt": self.prompter(im), "multi_modal_data": {"image": im}} for im in pils]
         outs = self.llm.generate(reqs, params, use_tqdm=False)
         result = []
         for o in outs:

@@ -29,7 +29,16 @@ from transformers import TrainerCallback
 from dutrain.config import load_config
 from dutrain.config.offline import OfflineConfig
 from dutrain.io.dataset import decode_png
-from dutrain.models import encode_images, encode_sft, load_model, load_processor, messages, to_pil
+from dutrain.models import (
+    encode_images,
+    encode_sft,
+    image_cues,
+    load_model,
+    load_processor,
+    messages,
+    prompt_mode,
+    to_pil,
+)
 from dutrain.sft.loop import publish, save_hf, unwrap
 from dutrain.tracking import Tracker
 from dutrain.tracking.progress import post_step
@@ -49,20 +58,23 @@ def _completion_logps(model: Any, batch: dict[str, Any]) -> list[float]:
 
 
 def logp_margin(model: Any, processor: Any, images: list[Any], chosen: list[str],
-                rejected: list[str], batch_size: int = 8) -> float:
+                rejected: list[str], batch_size: int = 8, prompt: str = "plain",
+                cues: list[Any] | None = None) -> float:
     """Mean log π(chosen) − log π(rejected) over pairs: the sum of each completion's token
     log-probs (target + end of turn, `encode_sft`'s labels); each image is processed once for
-    both completions."""
+    both completions. `prompt`: the model's prompt mode (`cues`: the images' measured cues)."""
     model.eval()
     margins: list[float] = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             ims = images[i:i + batch_size]
             vision = encode_images(processor, ims)
+            cs = None if prompt == "plain" else (
+                cues[i:i + batch_size] if cues is not None else [image_cues(im) for im in ims])
             c = _completion_logps(model, encode_sft(processor, ims, chosen[i:i + batch_size],
-                                                    vision))
+                                                    vision, mode=prompt, cues=cs))
             r = _completion_logps(model, encode_sft(processor, ims, rejected[i:i + batch_size],
-                                                    vision))
+                                                    vision, mode=prompt, cues=cs))
             margins += [a - b for a, b in zip(c, r)]
     return float(np.mean(margins))
 
@@ -101,8 +113,10 @@ def load_pairs(iterator: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def dpo_dataset(pairs: list[dict[str, Any]], images: dict[str, Any]) -> Any:
-    """TRL's conversational vision preference format: images, prompt, chosen, rejected."""
+def dpo_dataset(pairs: list[dict[str, Any]], images: dict[str, Any],
+                cues: dict[str, Any] | None = None) -> Any:
+    """TRL's conversational vision preference format: images, prompt, chosen, rejected.
+    `cues` (prompt_id → measured cues): the prompts of a `prompt: cues` model."""
     from datasets import Dataset
 
     def turn(text: str) -> list[dict[str, Any]]:
@@ -110,7 +124,8 @@ def dpo_dataset(pairs: list[dict[str, Any]], images: dict[str, Any]) -> Any:
 
     return Dataset.from_dict({
         "images": [[to_pil(images[p["prompt_id"]])] for p in pairs],
-        "prompt": [messages() for _ in pairs],
+        "prompt": [messages(cues=cues[p["prompt_id"]] if cues is not None else None)
+                   for p in pairs],
         "chosen": [turn(p["chosen"]) for p in pairs],
         "rejected": [turn(p["rejected"]) for p in pairs]})
 
@@ -166,18 +181,22 @@ def dpo_loop(loop_cfg: dict[str, Any]) -> None:
     model_dir = loop_cfg["model_dir"]
     processor = load_processor(model_dir)
     model = load_model(model_dir)
+    prompt = prompt_mode(model_dir)  # as the samples were generated; kept by the saved model
+    cues = {k: image_cues(im) for k, im in images.items()} if prompt == "cues" else None
     tracker = Tracker()
     if rank == 0 and loop_cfg.get("run_id"):
         from mlflow import MlflowClient  # heavy; only rank 0 of a tracked run logs
         tracker = Tracker(MlflowClient(tracking_uri=loop_cfg["tracking_uri"]), loop_cfg["run_id"])
     ims = [images[p["prompt_id"]] for p in pairs]
+    ims_cues = [cues[p["prompt_id"]] for p in pairs] if cues is not None else None
     chosen, rejected = [p["chosen"] for p in pairs], [p["rejected"] for p in pairs]
-    before = logp_margin(model, processor, ims, chosen, rejected) if rank == 0 else 0.0
+    before = (logp_margin(model, processor, ims, chosen, rejected, prompt=prompt, cues=ims_cues)
+              if rank == 0 else 0.0)
     ckpt = ray.train.get_checkpoint()
     with tempfile.TemporaryDirectory() as scratch, \
             (ckpt.as_directory() if ckpt else tempfile.TemporaryDirectory()) as restored:
         trainer = dpo_trainer_class()(model=model, args=dpo_args(cfg, scratch),
-                                      train_dataset=dpo_dataset(pairs, images),
+                                      train_dataset=dpo_dataset(pairs, images, cues),
                                       processing_class=processor,
                                       callbacks=[RayTrainReportCallback(),
                                                  StageCallback(tracker, loop_cfg.get("progress"),
@@ -194,13 +213,13 @@ def dpo_loop(loop_cfg: dict[str, Any]) -> None:
     if step < total or rank != 0:
         return  # stopped on purpose (stop_at_step): a rerun continues from the checkpoint
     policy = trainer.model
-    after = logp_margin(policy, processor, ims, chosen, rejected)
+    after = logp_margin(policy, processor, ims, chosen, rejected, prompt=prompt, cues=ims_cues)
     train = {"train/logp_margin_before": before, "train/logp_margin_after": after,
              "train/steps": float(step), "train/resumed_from_step": float(start),
              "train/wall_seconds": train_s}
     tracker.log_metrics(train, step=step)
     summary = {**loop_cfg.get("summary", {}), **{k: round(v, 4) for k, v in train.items()}}
     with tempfile.TemporaryDirectory() as d:
-        save_hf(policy, processor, d)
+        save_hf(policy, processor, d, prompt=prompt)
         Path(d, SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
         publish(d, f"{loop_cfg['output']}/final", cfg.storage)

@@ -45,7 +45,7 @@ from dutrain.errors import UserError
 from dutrain.evaluate.generate import sample_seed, vllm_samples
 from dutrain.io.dataset import DatasetError, read_table
 from dutrain.io.storage import absolute, filesystem, join
-from dutrain.models import resolve_model
+from dutrain.models import prompt_mode, resolve_model
 from dutrain.rewards import score
 from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
@@ -195,7 +195,8 @@ def rft_config(cfg: OfflineConfig, model_dir: str, output: str, steps: int) -> S
     """The SFT stage's config for rejection-sampling fine-tuning from `model_dir`."""
     return load_config(SFTConfig, overrides={
         "model": model_dir, "dataset": absolute(cfg.dataset), "output": output,
-        "target": cfg.rft_val_target, "num_workers": cfg.num_workers, "use_gpu": cfg.use_gpu,
+        "target": cfg.rft_val_target, "prompt": prompt_mode(model_dir),
+        "num_workers": cfg.num_workers, "use_gpu": cfg.use_gpu,
         "cpus_per_worker": cfg.cpus_per_worker, "batch_size": cfg.batch_size, "max_steps": steps,
         "lr": cfg.lr, "warmup_steps": 0, "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed,
         "progress": cfg.progress, "log_every": 1, "eval_every": steps,
@@ -218,7 +219,8 @@ def train_rft(cfg: OfflineConfig, model_dir: str, best: list[dict[str, Any]],
                                "annotation": rows[b["prompt_id"]]["annotation"],
                                "target": b["completion"]} for b in best])
     shards = [ds] if cfg.num_workers == 1 else ds.split(cfg.num_workers, equal=True)
-    val = prepared_splits(sft.dataset, "val", sft.target, 1, sft.val_samples, cfg.storage)[0]
+    val = prepared_splits(sft.dataset, "val", sft.target, 1, sft.val_samples, cfg.storage,
+                          prompt=sft.prompt)[0]
     loop_cfg = {"config": to_dict(sft), "output": output, "run_id": run.run_id,
                 "tracking_uri": tracking_uri(cfg.tracking.uri)}
     return fit(train_loop, loop_cfg, sft, output, cfg.storage,

@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dutrain.config.rl import RLConfig
 from dutrain.io.storage import copy_tree
-from dutrain.models import load_model, load_processor
+from dutrain.models import load_model, load_processor, prompt_mode, write_prompt_mode
 from dutrain.models.engine import state_dict_bytes, untied
-from dutrain.models.prompts import encode_prompt_completion, encode_prompts
+from dutrain.models.prompts import CueCache, encode_prompt_completion, encode_prompts
 
 from .batch import Batch
 from .checkpoint import fetch_dir, local_staging
@@ -43,14 +43,15 @@ def vision_token_ids(tokenizer: Any) -> list[int]:
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
-def encode_sequences(processor: Any, images: list[Any],
-                     completions: list[list[int]]) -> dict[str, Any]:
-    """Prompt (as `dutrain.models.prompts` formats it) + sampled completion ids, right padded.
+def encode_sequences(processor: Any, images: list[Any], completions: list[list[int]],
+                     mode: str = "plain", cues: list[Any] | None = None) -> dict[str, Any]:
+    """Prompt (as `dutrain.models.prompts` formats it in prompt mode `mode`, with the images'
+    `cues` when already measured) + sampled completion ids, right padded.
 
     Returns the model inputs plus `targets` / `mask` aligned with the logits of positions
     0..L-2: `mask[i, j]` is 1 where `targets[i, j]` is a completion token.
     """
-    enc = encode_prompt_completion(processor, images, completions)
+    enc = encode_prompt_completion(processor, images, completions, mode=mode, cues=cues)
     ids, starts = enc["input_ids"], enc["starts"]
     lengths = enc["attention_mask"].sum(dim=1).tolist()
     mask = torch.zeros((ids.shape[0], ids.shape[1] - 1), dtype=torch.float32)
@@ -143,6 +144,9 @@ class LearnerWorker:
             self.init_dir = fetch_dir(init_dir, self.cfg.storage)
             src = str(Path(self.init_dir) / "model")
         self.processor = load_processor(self.model_dir)
+        # the starting model's prompt mode: the rollout engines read the same file
+        self.prompt = prompt_mode(self.model_dir)
+        self.cues = CueCache()
         model = load_model(src, dtype=lc.dtype, device=self.device)
         if lc.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -198,8 +202,12 @@ class LearnerWorker:
         """The shard's micro-batches (row indices) and their model inputs."""
         n, size = len(shard), self.cfg.learner.micro_batch_size
         micro = [list(range(i, min(n, i + size))) for i in range(0, n, size)]
-        encs = [encode_sequences(self.processor, [shard["image"][i] for i in idx],
-                                 [shard["completion_ids"][i] for i in idx]) for idx in micro]
+        encs = []
+        for idx in micro:
+            images = [shard["image"][i] for i in idx]
+            encs.append(encode_sequences(
+                self.processor, images, [shard["completion_ids"][i] for i in idx], self.prompt,
+                self.cues.many(images) if self.prompt == "cues" else None))
         return micro, encs
 
     def _old_logprobs(self, encs: list[dict[str, Any]]) -> list[Any] | None:
@@ -263,7 +271,8 @@ class LearnerWorker:
 
     def greedy(self, images: list[Any], max_tokens: int) -> list[list[int]]:
         """transformers' greedy completions (token ids, prompt excluded) on the current weights."""
-        enc = encode_prompts(self.processor, images)
+        enc = encode_prompts(self.processor, images, self.prompt,
+                             self.cues.many(images) if self.prompt == "cues" else None)
         enc = {k: v.to(self.device) for k, v in enc.items()}
         if "mm_token_type_ids" not in enc:
             image_id = self.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
@@ -299,6 +308,7 @@ class LearnerWorker:
         model_dir = d / "model" if optimizer else d
         self.ddp.module.save_pretrained(model_dir, safe_serialization=True)
         self.processor.save_pretrained(model_dir)
+        write_prompt_mode(model_dir, self.prompt)  # the model keeps the mode it was trained in
         if optimizer:
             torch.save(self.opt.state_dict(), d / "optimizer.pt")
         if remote:

@@ -3,7 +3,9 @@ deterministic shard per worker, and a seeded batch order that a resumed run can 
 
 The target is the model text of docs/design.md §5: reasoning that cites cues measured on the
 degraded image (`dutrain.degrade.measure_cues` / `write_reasoning`), then the canonical answer.
-Cues are measured once per row here, in parallel Ray Data tasks, not per step.
+Cues are measured once per row here, in parallel Ray Data tasks, not per step. With `prompt:
+cues` the cue sentence is the prompt's (the measurement tool's line) and the target's reasoning
+keeps only the evidence part.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 from ray.data.expressions import col
 
 from dutrain.config import ConfigError
+from dutrain.config.sft import PROMPT_MODES
 from dutrain.degrade import measure_cues, write_reasoning
 from dutrain.io.dataset import decode_png, parquet_dataset, read_table
 from dutrain.io.storage import filesystem
@@ -26,19 +29,23 @@ TARGETS = ("reasoning", "answer")
 
 
 def make_target(degraded_png: bytes, annotation: dict[str, Any] | str,
-                mode: str = "reasoning") -> str:
-    """The assistant text for one sample (`mode` 'answer' leaves the reasoning empty)."""
+                mode: str = "reasoning", prompt: str = "plain") -> str:
+    """The assistant text for one sample (`mode` 'answer' leaves the reasoning empty). With
+    `prompt` 'cues' the measured cues are the prompt's, and the reasoning does not restate them."""
     ann = json.loads(annotation) if isinstance(annotation, str) else annotation
+    if prompt not in PROMPT_MODES:
+        raise ValueError(f"prompt mode {prompt!r} unknown; allowed: {', '.join(PROMPT_MODES)}")
     if mode == "answer":
         return render_answer(ann, "")
     if mode != "reasoning":
         raise ValueError(f"target mode {mode!r} unknown; allowed: {', '.join(TARGETS)}")
-    return render_answer(ann, write_reasoning(measure_cues(decode_png(degraded_png)), ann))
+    return render_answer(ann, write_reasoning(measure_cues(decode_png(degraded_png)), ann,
+                                              state_cues=prompt == "plain"))
 
 
-def add_targets(batch: dict[str, Any], mode: str) -> dict[str, Any]:
+def add_targets(batch: dict[str, Any], mode: str, prompt: str = "plain") -> dict[str, Any]:
     """Ray Data batch function (numpy format): adds the `target` column."""
-    batch["target"] = np.array([make_target(p, a, mode) for p, a in
+    batch["target"] = np.array([make_target(p, a, mode, prompt) for p, a in
                                 zip(batch["degraded"], batch["annotation"])], dtype=object)
     return batch
 
@@ -51,11 +58,12 @@ def parquet_files(root: str, storage: Any = None) -> tuple[list[str], Any]:
 
 
 def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: int | None = None,
-                    storage: Any = None, seed: int = 0) -> list[Any]:
+                    storage: Any = None, seed: int = 0, prompt: str = "plain") -> list[Any]:
     """Ray Datasets of (sample_id, degraded, target) for `split`, cut into `num_shards` parts.
 
     Deterministic: files are read in sorted order with order-preserving execution, so a
-    restarted run gives every worker the same rows.
+    restarted run gives every worker the same rows. `prompt`: the prompt mode the targets are
+    written for (`make_target`).
     """
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
@@ -67,9 +75,9 @@ def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: in
         keep = set(read_table(root, [split], ["sample_id"], limit, storage)
                    .column("sample_id").to_pylist())
         ds = ds.filter(expr=col("sample_id").is_in(sorted(keep)))
-    ds = ds.map_batches(add_targets, fn_kwargs={"mode": mode}, batch_format="numpy",
-                        batch_size=64).select_columns(["sample_id", "degraded", "annotation",
-                                                       "target"]).materialize()
+    ds = ds.map_batches(add_targets, fn_kwargs={"mode": mode, "prompt": prompt},
+                        batch_format="numpy", batch_size=64)
+    ds = ds.select_columns(["sample_id", "degraded", "annotation", "target"]).materialize()
     n = ds.count()
     if n < num_shards:
         raise ConfigError(f"dataset '{root}' has {n} '{split}' rows; need at least one per "

@@ -33,7 +33,15 @@ from dutrain.config.sft import SFTConfig
 from dutrain.evaluate.metrics import score_sample, split_metrics
 from dutrain.io.dataset import decode_png
 from dutrain.io.storage import copy_tree, filesystem, is_remote
-from dutrain.models import encode_prompts, encode_sft, load_model, load_processor, resolve_model
+from dutrain.models import (
+    encode_prompts,
+    encode_sft,
+    image_cues,
+    load_model,
+    load_processor,
+    resolve_model,
+    write_prompt_mode,
+)
 from dutrain.tracking import Tracker
 from dutrain.tracking.progress import post_step
 
@@ -64,10 +72,12 @@ def unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
-def save_hf(model: Any, processor: Any, out: str | os.PathLike) -> None:
-    """An ordinary Hugging Face directory (safetensors, config, processor, chat template)."""
+def save_hf(model: Any, processor: Any, out: str | os.PathLike, *, prompt: str) -> None:
+    """An ordinary Hugging Face directory (safetensors, config, processor, chat template) plus
+    the model's prompt mode (dutrain_prompt.json, `dutrain.models.prompt_mode`)."""
     unwrap(model).save_pretrained(str(out), safe_serialization=True)
     processor.save_pretrained(str(out))
+    write_prompt_mode(out, prompt)
 
 
 def publish(local_dir: str | os.PathLike, uri: str, storage: Any = None) -> None:
@@ -87,15 +97,26 @@ def publish(local_dir: str | os.PathLike, uri: str, storage: Any = None) -> None
 
 
 class Batcher:
-    """Decoded images + targets → model inputs on the device."""
+    """Decoded images + targets → model inputs on the device, prompted in `prompt` mode (cues
+    mode: each row's cues are measured once, on first use)."""
 
-    def __init__(self, processor: Any, rows: list[dict[str, Any]], device: Any):
-        self.processor, self.rows, self.device = processor, rows, device
+    def __init__(self, processor: Any, rows: list[dict[str, Any]], device: Any,
+                 prompt: str = "plain"):
+        self.processor, self.rows, self.device, self.prompt = processor, rows, device, prompt
+        self._cues: dict[int, dict[str, float]] = {}
 
     def __call__(self, idx: np.ndarray | list[int]) -> dict[str, Any]:
-        rows = [self.rows[int(i)] for i in idx]
-        b = encode_sft(self.processor, [decode_png(r["degraded"]) for r in rows],
-                       [r["target"] for r in rows])
+        idx = [int(i) for i in idx]
+        rows = [self.rows[i] for i in idx]
+        images = [decode_png(r["degraded"]) for r in rows]
+        cues = None
+        if self.prompt == "cues":
+            for i, im in zip(idx, images):
+                if i not in self._cues:
+                    self._cues[i] = image_cues(im)
+            cues = [self._cues[i] for i in idx]
+        b = encode_sft(self.processor, images, [r["target"] for r in rows], mode=self.prompt,
+                       cues=cues)
         return {k: v.to(self.device) for k, v in b.items()}
 
 
@@ -124,15 +145,17 @@ def val_loss(model: Any, batcher: Batcher, batch_size: int, autocast: Any, devic
 
 
 def transformers_completions(model: Any, processor: Any, images: list[np.ndarray],
-                             max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy completions with transformers (the final evaluation runs inside the trainer)."""
+                             max_new_tokens: int, batch_size: int = 16,
+                             prompt: str = "plain") -> list[str]:
+    """Greedy completions with transformers (the final evaluation runs inside the trainer),
+    prompted in `prompt` mode."""
     m = unwrap(model)
     m.eval()
     out: list[str] = []
     tok = processor.tokenizer
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            p = encode_prompts(processor, images[i:i + batch_size])
+            p = encode_prompts(processor, images[i:i + batch_size], prompt)
             p = {k: v.to(m.device) for k, v in p.items()}
             g = m.generate(**p, max_new_tokens=max_new_tokens, do_sample=False,
                            pad_token_id=tok.pad_token_id)
@@ -142,10 +165,11 @@ def transformers_completions(model: Any, processor: Any, images: list[np.ndarray
 
 
 def final_evaluation(model: Any, processor: Any, rows: list[dict[str, Any]], max_new_tokens: int,
-                     ) -> tuple[dict[str, float], list[str]]:
+                     prompt: str = "plain") -> tuple[dict[str, float], list[str]]:
     """`val/...` metrics of the shared scorer (format validity, type F1, …) and completions."""
     comps = transformers_completions(model, processor,
-                                     [decode_png(r["degraded"]) for r in rows], max_new_tokens)
+                                     [decode_png(r["degraded"]) for r in rows], max_new_tokens,
+                                     prompt=prompt)
     scored = [score_sample(r["sample_id"], "val", c, r["annotation"]) for r, c in zip(rows, comps)]
     return split_metrics("val", scored), comps
 
@@ -193,9 +217,9 @@ class SFTRecipe:
             self.opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
         self.rows = load_rows(ray.train.get_dataset_shard(f"train_{self.rank}"))
         self.val_rows = load_rows(ray.train.get_dataset_shard("val"))
-        self.train_b = Batcher(self.processor, self.rows, self.device)
+        self.train_b = Batcher(self.processor, self.rows, self.device, cfg.prompt)
         self.val_b = Batcher(self.processor, self.val_rows[:cfg.val_samples][self.rank::self.world],
-                             self.device)
+                             self.device, cfg.prompt)
         self.tracker = Tracker()
         if self.rank == 0 and self.loop_cfg.get("run_id"):
             from mlflow import MlflowClient  # heavy; only rank 0 of a tracked run logs
@@ -276,7 +300,7 @@ class SFTRecipe:
         if self.rank != 0:
             return
         with tempfile.TemporaryDirectory() as d:
-            save_hf(self.model, self.processor, d)
+            save_hf(self.model, self.processor, d, prompt=self.cfg.prompt)
             Path(d, "dutrain_sft.json").write_text(json.dumps({"step": step,
                                                               "val_loss": self.best}))
             publish(d, f"{self.out_uri}/best", self.cfg.storage)
@@ -297,7 +321,7 @@ class SFTRecipe:
             ray.train.report(report, checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as d:
-            save_hf(self.model, self.processor, d)
+            save_hf(self.model, self.processor, d, prompt=self.cfg.prompt)
             torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                         "step": step, "best_val_loss": self.best}, Path(d) / STATE_FILE)
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
@@ -312,13 +336,13 @@ class SFTRecipe:
             if rows:
                 t0 = time.perf_counter()
                 metrics, comps = final_evaluation(self.model, self.processor, rows,
-                                                  cfg.max_new_tokens)
+                                                  cfg.max_new_tokens, cfg.prompt)
                 metrics["val/eval_seconds"] = time.perf_counter() - t0
                 tracker.log_metrics(metrics, step=cfg.max_steps)
                 write_samples(d, rows, comps, cfg.sample_completions)
                 tracker.log_artifact(d, "samples")
         with tempfile.TemporaryDirectory() as d:
-            save_hf(self.model, self.processor, d)
+            save_hf(self.model, self.processor, d, prompt=self.cfg.prompt)
             Path(d, "eval.json").write_text(json.dumps(metrics, indent=1))
             publish(d, f"{self.out_uri}/final", cfg.storage)
         tracker.set_tags({"dutrain.checkpoint": f"{self.out_uri}/final"})

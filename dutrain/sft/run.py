@@ -3,6 +3,9 @@
     output/train/       Ray Train run: checkpoint_*/ (HF model + trainer_state.pt), last K kept
     output/best/        HF model with the lowest validation loss so far (+ dutrain_sft.json)
     output/final/       HF model at the end (+ eval.json: the small validation evaluation)
+
+Every saved model directory carries dutrain_prompt.json: the run's prompt mode (`prompt`), which
+later stages read from the model (`dutrain.models.prompt_mode`).
 """
 
 from __future__ import annotations
@@ -100,9 +103,10 @@ def run(cfg: SFTConfig) -> int:
     with ray_session(cfg.ray), stage_run(cfg, "sft", params={"model_dir": model_dir}) as run:
         t0 = time.perf_counter()
         shards = prepared_splits(dataset, "train", cfg.target, cfg.num_workers, cfg.train_limit,
-                                 cfg.storage, cfg.seed)
+                                 cfg.storage, cfg.seed, prompt=cfg.prompt)
         val = prepared_splits(dataset, "val", cfg.target, 1,
-                              max(cfg.val_samples, cfg.final_eval_samples), cfg.storage)[0]
+                              max(cfg.val_samples, cfg.final_eval_samples), cfg.storage,
+                              prompt=cfg.prompt)[0]
         prep_s = time.perf_counter() - t0
         rows = sum(s.count() for s in shards)
         run.log_metrics({"data/train_rows": rows, "data/val_rows": val.count(),
