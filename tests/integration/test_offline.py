@@ -1,6 +1,6 @@
 """`dutrain offline` end to end on the tiny model (issue 20): vLLM samples in Ray actors, scored
 with the structured reward, Parquet beside the run, pair statistics in MLflow, DPO with TRL's
-DPOTrainer in a Ray Train worker, and a final checkpoint that `dutrain eval` serves; progress
+DPOTrainer in two Ray Train workers (DDP over gloo), and a final checkpoint that `dutrain eval` serves; progress
 bars; rejection-sampling fine-tuning through the SFT loop; an interrupted run resumed without
 resampling; bad inputs are one-line errors before any actor.
 
@@ -47,11 +47,11 @@ def test_offline_samples_scores_pairs_and_trains(dataset, tmp_path, ray_local, c
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rc = main(["offline", f"model={model}", f"dataset={dataset}", f"output={out}",
                "samples_per_prompt=4", "min_margin=0.0", "max_pairs_per_prompt=2",
-               "lr=0.001", "beta=0.1", "batch_size=4", "max_steps=6", "epochs=10",
-               "progress=true", f"tracking.uri={db}", "tracking.experiment=offline-test", *GEN])
+               "lr=0.001", "beta=0.1", "batch_size=2", "max_steps=6", "epochs=10",
+               "num_workers=2", "cpus_per_worker=1", "progress=true", f"tracking.uri={db}", "tracking.experiment=offline-test", *GEN])
     assert rc == 0
-    # progress bars on stderr: the 24 samples, then the 6 DPO steps (posted by the Ray Train
-    # worker through dutrain.tracking.progress)
+    # progress bars on stderr: the 24 samples, then the 6 DPO steps of 2 x 2 pairs (posted by
+    # the rank-0 Ray Train worker through dutrain.tracking.progress)
     err = capsys.readouterr().err
     assert "offline sample" in err and "24/24" in err, err[-2000:]
     assert "offline dpo" in err and "6/6" in err, err[-2000:]
