@@ -31,10 +31,15 @@ PIPELINE_ENV = "DUTRAIN_PIPELINE_ID"
 #: in that process logs into it (and clears the variable) instead of making a run of its own
 RUN_ENV = "DUTRAIN_RUN_ID"
 _MAX_PARAM = 6000  # MLflow's param value limit
-#: experiment tag the MLflow 3 UI reads to choose its view; dutrain's experiments train models,
-#: so the UI opens on runs (not on the GenAI traces view)
+#: experiment tag in which MLflow 3 keeps an experiment's kind; dutrain's experiments train
+#: models (not GenAI apps)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+#: ...but the MLflow 3.17 UI takes an experiment's view from its sidebar switch "GenAI / Model
+#: training" (kept in the browser, GenAI for a new user), not from that tag; this URL query
+#: overrides the switch, so the links dutrain prints open on the runs table
+#: (scripts/check_mlflow_ui.py checks it in a browser)
+UI_QUERY = "workflowType=machine_learning"
 #: config key holding the dataset a stage reads, and the MLflow dataset context it is logged with
 DATASET_KEYS = (("dataset", {"eval": "evaluation"}), ("input", {"restore": "evaluation"}))
 
@@ -183,7 +188,40 @@ def stage_run(cfg: Any, stage: str, *, run_name: str | None = None,
         yield tracker
         status = "FINISHED"
     finally:
-        client.set_terminated(run.info.run_id, status=status)
+        with _mlflow_links_quiet():
+            client.set_terminated(run.info.run_id, status=status)
+        _print_links(uri, exp_id, run.info.run_id, getattr(run.info, "run_name", None) or name)
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI page of an experiment (or of one of its runs) that opens on the runs view
+    (UI_QUERY); None for a tracking URI without a UI (sqlite:, a path)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    page = f"{uri.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{page}/runs/{run_id}?{UI_QUERY}" if run_id else f"{page}?{UI_QUERY}"
+
+
+@contextlib.contextmanager
+def _mlflow_links_quiet() -> Iterator[None]:
+    """MLflow's own 'View run/experiment at' lines (their links open the GenAI view) off."""
+    key = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    old = os.environ.get(key)
+    os.environ[key] = "true"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def _print_links(uri: str, experiment_id: str, run_id: str, name: str) -> None:
+    run_url = ui_url(uri, experiment_id, run_id)
+    if run_url:
+        print(f"View run {name} at: {run_url}\nView experiment at: "
+              f"{ui_url(uri, experiment_id)}", flush=True)
 
 
 def _adopt(client: Any, run_id: str, tags: dict[str, Any]) -> Any:
