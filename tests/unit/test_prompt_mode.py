@@ -156,3 +156,19 @@ def test_sft_help_shows_the_prompt_mode():
 
     text = _verb_help("sft")
     assert "prompt" in text and "plain | cues" in text
+
+
+def test_dpo_dataset_prompts_carry_the_cues_of_a_cues_model():
+    from dutrain.models import INSTRUCTION
+    from dutrain.offline.dpo import dpo_dataset
+
+    (a, _), (b, _) = _degraded(4), _degraded(5)
+    images = {"a": a, "b": b}
+    pairs = [{"prompt_id": k, "chosen": "<think></think>", "rejected": "<think>x</think>"}
+             for k in ("a", "b", "a")]
+    plain = dpo_dataset(pairs, images)
+    assert [p[0]["content"][1]["text"] for p in plain["prompt"]] == [INSTRUCTION] * 3
+    cues = dpo_dataset(pairs, images, {k: measure_cues(v) for k, v in images.items()})
+    texts = [p[0]["content"][1]["text"] for p in cues["prompt"]]
+    assert texts[0] == texts[2] != texts[1]
+    assert texts[1].endswith("\n" + tool_line(measure_cues(b)))
