@@ -11,6 +11,7 @@ later stages read from the model (`dutrain.models.prompt_mode`).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from dutrain.config import to_dict
 from dutrain.config.sft import SFTConfig
 from dutrain.io.storage import absolute, filesystem, is_remote
-from dutrain.models import resolve_model
+from dutrain.models import PROMPT_FILE, prompt_mode, resolve_model
 from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
 from dutrain.tracking import stage_run, tracking_uri
@@ -96,6 +97,10 @@ def run(cfg: SFTConfig) -> int:
     if cfg.model == "tiny" or Path(cfg.model).expanduser().is_dir():
         model_dir = str(resolve_model(cfg.model, storage=cfg.storage,
                                       tiny=cfg.tiny.spec() if cfg.model == "tiny" else None))
+        # a model trained here in the other mode: allowed (this run sets the mode), but said
+        if Path(model_dir, PROMPT_FILE).is_file() and prompt_mode(model_dir) != cfg.prompt:
+            print(f"note: model '{cfg.model}' was trained with prompt={prompt_mode(model_dir)}; "
+                  f"this run trains (and records) prompt={cfg.prompt}", file=sys.stderr)
     if not cfg.resume:
         with preflight.s3_errors("output", output):
             _clear_previous(output, cfg.storage)
