@@ -1,7 +1,7 @@
 """`dutrain offline` end to end on the tiny model (issue 20): vLLM samples in Ray actors, scored
 with the structured reward, Parquet beside the run, pair statistics in MLflow, DPO with TRL's
-DPOTrainer in two Ray Train workers (DDP over gloo), and a final checkpoint that `dutrain eval` serves; progress
-bars; rejection-sampling fine-tuning through the SFT loop; an interrupted run resumed without
+DPOTrainer in two Ray Train workers (DDP over gloo), and a final checkpoint that `dutrain eval`
+serves; progress bars; rejection-sampling fine-tuning through the SFT loop; an interrupted run resumed without
 resampling; bad inputs are one-line errors before any actor.
 
 The random tiny model under the answer grammar at temperature 1 gives valid answers whose
@@ -48,7 +48,8 @@ def test_offline_samples_scores_pairs_and_trains(dataset, tmp_path, ray_local, c
     rc = main(["offline", f"model={model}", f"dataset={dataset}", f"output={out}",
                "samples_per_prompt=4", "min_margin=0.0", "max_pairs_per_prompt=2",
                "lr=0.001", "beta=0.1", "batch_size=2", "max_steps=6", "epochs=10",
-               "num_workers=2", "cpus_per_worker=1", "progress=true", f"tracking.uri={db}", "tracking.experiment=offline-test", *GEN])
+               "num_workers=2", "cpus_per_worker=1", "progress=true", f"tracking.uri={db}",
+               "tracking.experiment=offline-test", *GEN])
     assert rc == 0
     # progress bars on stderr: the 24 samples, then the 6 DPO steps of 2 x 2 pairs (posted by
     # the rank-0 Ray Train worker through dutrain.tracking.progress)
