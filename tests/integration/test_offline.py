@@ -1,8 +1,8 @@
 """`dutrain offline` end to end on the tiny model (issue 20): vLLM samples in Ray actors, scored
 with the structured reward, Parquet beside the run, pair statistics in MLflow, DPO with TRL's
 DPOTrainer in two Ray Train workers (DDP over gloo), and a final checkpoint that `dutrain eval`
-serves; progress bars; rejection-sampling fine-tuning through the SFT loop; an interrupted run resumed without
-resampling; bad inputs are one-line errors before any actor.
+serves; progress bars; rejection-sampling fine-tuning through the SFT loop; an interrupted run
+resumed without resampling; bad inputs are one-line errors before any actor.
 
 The random tiny model under the answer grammar at temperature 1 gives valid answers whose
 rewards differ between samples (tests/integration/test_eval_model.py), so pairs exist.
