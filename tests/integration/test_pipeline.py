@@ -1,4 +1,5 @@
-"""`dutrain pipeline` end to end at CI size: every stage a child run, rerun skips, no secret leaks.
+"""`dutrain pipeline` end to end at CI size: every stage a child run (offline RL between sft and rl,
+as `stages` can list it), rerun skips, no secret leaks.
 
 One subprocess run of the real CLI (as `make demo` runs it, with smaller stage sizes), then a
 rerun that must skip every stage. A planted secret in the environment must not appear in the
@@ -25,6 +26,9 @@ SMALL = [
     "sft.max_steps=12", "sft.warmup_steps=2", "sft.num_workers=1", "sft.eval_every=6",
     "sft.checkpoint_every=6",
     "sft.val_samples=8", "sft.final_eval_samples=4", "sft.sample_completions=1",
+    "offline.train_limit=4", "offline.samples_per_prompt=2", "offline.method=rft",
+    "offline.rft_min_reward=0", "offline.max_steps=2", "offline.batch_size=2",
+    "offline.val_samples=4", "offline.generation.workers=1", "offline.generation.max_tokens=64",
     "rl.steps=2", "rl.prompts_per_step=2", "rl.group_size=2", "rl.eval_prompts=2",
     "rl.eval_every=2", "rl.checkpoint_every=0", "rl.learner.workers=1", "rl.samples_to_log=2",
     "rl.mode=sync", "rl.rollout.max_tokens=64",
@@ -48,7 +52,8 @@ def test_pipeline_end_to_end_rerun_and_secret_hygiene(tmp_path):
             f"workdir={tmp_path / 'work'}", f"tracking.uri=sqlite:///{db}",
             "tracking.experiment=pipeline-test",
             *[f"stage_configs.{s}={ROOT / 'workflows/configs' / s / 'demo.yaml'}"
-              for s in ("generate", "sft", "rl", "eval", "restore", "compare")], *SMALL]
+              for s in ("generate", "sft", "offline", "rl", "eval", "restore", "compare")],
+            "stages=[generate,sft,offline,rl,eval,restore,compare]", *SMALL]
     first = _run(args, tmp_path, env)
     out = first.stdout + first.stderr
     assert first.returncode == 0, out[-6000:]
@@ -63,7 +68,11 @@ def test_pipeline_end_to_end_rerun_and_secret_hygiene(tmp_path):
     pid = parents[0].info.run_id
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pid]
     stages = sorted(r.data.tags["dutrain.stage"] for r in children)
-    assert stages == ["compare", "eval", "eval", "eval", "generate", "restore", "rl", "sft"]
+    assert stages == ["compare", "eval", "eval", "eval", "generate", "offline", "restore", "rl",
+                      "sft"]
+    # rl started from the offline stage's model, not sft's
+    rl_run = next(r for r in children if r.data.tags["dutrain.stage"] == "rl")
+    assert rl_run.data.params["model"].endswith("offline/final"), rl_run.data.params["model"]
     for r in children:
         assert r.info.status == "FINISHED", r.data.tags
         assert r.data.params, f"{r.data.tags['dutrain.stage']}: no params"
@@ -78,7 +87,7 @@ def test_pipeline_end_to_end_rerun_and_secret_hygiene(tmp_path):
     # A rerun skips every complete stage.
     second = _run(args, tmp_path, env)
     assert second.returncode == 0, (second.stdout + second.stderr)[-4000:]
-    assert second.stdout.count("complete, skipped") == 8, second.stdout
+    assert second.stdout.count("complete, skipped") == 9, second.stdout
 
     # A changed stage config reruns that stage and every later one from scratch: generate
     # replaces its finished dataset (it refuses to without overwrite), sft and rl do not resume
