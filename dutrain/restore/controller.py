@@ -41,7 +41,7 @@ import numpy as np
 
 from dutrain.degrade import to_float, to_rgb_uint8, to_uint8
 from dutrain.errors import UserError
-from dutrain.schema import TAXONOMY
+from dutrain.schema import TAXONOMY, TYPES
 
 from .classical import INVERSES, PlanStep, State, plan
 
@@ -279,12 +279,15 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
 
 # ---------------------------------------------------------------------------- calibration
 
-def calibrate_thresholds(records: Sequence[tuple[str, float, float]]) -> dict[str, float]:
+def calibrate_thresholds(records: Sequence[tuple[str, float, float]],
+                         types: Sequence[str] = ()) -> dict[str, float]:
     """type → threshold maximising the summed gain of the steps with score ≥ threshold.
 
     `records`: (type, score, PSNR gain of the step in dB). Candidates are −inf (apply all),
     every observed score and +inf (never apply); ties go to the higher threshold (fewer steps
-    touched). A type whose steps never gain in total gets +inf."""
+    touched). A type whose steps never gain in total gets +inf, and so does each of `types`
+    that no record shows: without evidence that its step helps, it is not applied (a missing
+    entry would apply it)."""
     by_type: dict[str, list[tuple[float, float]]] = {}
     for t, s, g in records:
         if math.isfinite(s) and math.isfinite(g):
@@ -301,6 +304,8 @@ def calibrate_thresholds(records: Sequence[tuple[str, float, float]]) -> dict[st
             if acc > best_gain + 1e-9:
                 best_th, best_gain = (s if nxt is not None else -math.inf), acc
         out[t] = best_th
+    for t in types:
+        out.setdefault(t, math.inf)
     return out
 
 
@@ -616,7 +621,7 @@ def calibrate_on_val(calibration: Mapping[str, Any], val: Sequence[tuple[np.ndar
     counts: dict[str, int] = {}
     for t, _, _ in records:
         counts[t] = counts.get(t, 0) + 1
-    return calibrate_thresholds(records), counts
+    return calibrate_thresholds(records, TYPES), counts
 
 
 def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path

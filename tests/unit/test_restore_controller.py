@@ -47,6 +47,9 @@ def test_threshold_maximises_the_summed_gain_on_synthetic_numbers():
     assert th["rain"] == 0.4  # both rows at 0.4 go in together (+1), not the −3 one
     # non-finite numbers are ignored, not propagated
     assert C.calibrate_thresholds([("haze", float("nan"), 1.0), ("haze", 0.5, math.inf)]) == {}
+    # a type the calibration never saw is not applied (no evidence its step helps)
+    assert C.calibrate_thresholds(recs, ["haze", "defocus_blur"])["defocus_blur"] == math.inf
+    assert C.calibrate_thresholds(recs, ["haze"])["haze"] == 0.7
 
 
 def test_thresholds_round_trip_and_bad_files(tmp_path):
