@@ -19,10 +19,10 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 from ray.data.expressions import col
 
 from dutrain.config import ConfigError
-from dutrain.config.sft import PROMPT_MODES
 from dutrain.degrade import measure_cues, write_reasoning
 from dutrain.io.dataset import decode_png, parquet_dataset, read_table
 from dutrain.io.storage import filesystem
+from dutrain.models.prompts import check_prompt_mode
 from dutrain.schema import render_answer
 
 TARGETS = ("reasoning", "answer")
@@ -33,8 +33,7 @@ def make_target(degraded_png: bytes, annotation: dict[str, Any] | str,
     """The assistant text for one sample (`mode` 'answer' leaves the reasoning empty). With
     `prompt` 'cues' the measured cues are the prompt's, and the reasoning does not restate them."""
     ann = json.loads(annotation) if isinstance(annotation, str) else annotation
-    if prompt not in PROMPT_MODES:
-        raise ValueError(f"prompt mode {prompt!r} unknown; allowed: {', '.join(PROMPT_MODES)}")
+    check_prompt_mode(prompt)
     if mode == "answer":
         return render_answer(ann, "")
     if mode != "reasoning":
