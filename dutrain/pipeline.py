@@ -130,8 +130,24 @@ def plan(cfg: PipelineConfig) -> list[StageJob]:
 
 # ------------------------------------------------------------------------------------ markers
 
+def _changed(conf: Any, default: Any) -> Any:
+    """The part of `conf` that differs from `default` (nested dicts compared key by key)."""
+    if not isinstance(conf, dict) or not isinstance(default, dict):
+        return conf
+    out = {}
+    for k, v in conf.items():
+        if k not in default:
+            out[k] = v
+        elif v != default[k]:
+            out[k] = _changed(v, default[k])
+    return out
+
+
 def _hash(job: StageJob) -> str:
-    conf = redacted(job.config)
+    """The stage's config as far as it departs from its verb's defaults: an option added with a
+    default that keeps today's behaviour (the rule for new options) leaves the hash, and so the
+    finished stages of a workdir, as they were."""
+    conf = _changed(redacted(job.config), redacted(type(job.config)()))
     conf.pop("tracking", None)  # where a run is logged does not change its outputs
     return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dutrain.data.photos import is_photo_spec, spec_group
 from dutrain.degrade.procedural import parse_spec
-from dutrain.schema import TYPES
+from dutrain.schema import MAX_GRID_FACTOR, TYPES
 
 from .common import RayConfig, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option
@@ -41,6 +41,9 @@ class GenerateConfig:
     rows_per_shard: int = option(256, "rows per Parquet file (the unit of work and of resume)",
                                  min=1)
     max_degradations: int = option(3, "most degradations in one chain (1..7)", min=1, max=7)
+    grid_factor: int = option(1, "draw every value from its key's grid this many times coarser "
+                                 "(1: the contract's grid; a coarse value is still a valid "
+                                 "annotation)", min=1, max=MAX_GRID_FACTOR)
     type_probs: dict[str, float] | None = option(None, "relative weight of each degradation type "
                                                        "(null: every stage equally likely)")
     png_level: int = option(1, "zlib level of the PNGs (1: fastest with real compression; see "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dutrain.schema.taxonomy import MAX_GRID_FACTOR
+
 from .common import RayConfig, StorageConfig, TrackingConfig
 from .core import ConfigError, configclass, option, to_dict
 
@@ -64,6 +66,10 @@ class SFTConfig:
                                   "('plain'), or also the cues measured on the image, which the "
                                   "'<think>' then no longer restates ('cues')",
                          choices=PROMPT_MODES)
+    grid_factor: int = option(1, "answer grid: the targets' values are snapped to every key's "
+                                 "grid this many times coarser (1: the contract's grid); saved "
+                                 "with the model like `prompt`, so later stages parse and score "
+                                 "its answers on it", min=1, max=MAX_GRID_FACTOR)
     # --- scale
     num_workers: int = option(2, "Ray Train workers (data-parallel replicas)", min=1)
     use_gpu: bool = option(False, "one GPU per worker (NCCL); else CPU workers (gloo)")

@@ -62,6 +62,9 @@ class SweepConfig:
                                       "unsorted)")
     mode: str = option("max", "whether a higher or lower metric is better",
                        choices=("max", "min"))
+    reference_metric: str | None = option(None, "a second metric of the trial runs drawn beside "
+                                                "`metric` in the chart against each parameter "
+                                                "(e.g. the bound a parameter sets on the metric)")
     early_stop: EarlyStopConfig = option(default_factory=EarlyStopConfig,
                                          doc="ASHA early stopping")
     retry_failed: bool = option(True, "a rerun runs trials that failed before again (finished "

@@ -105,7 +105,10 @@ class GenerateResult:
 
 def gen_params(cfg: GenerateConfig) -> dict[str, Any]:
     d = to_dict(cfg)
-    return {**{k: d[k] for k in GEN_KEYS}, "generator_version": __version__}
+    out = {**{k: d[k] for k in GEN_KEYS}, "generator_version": __version__}
+    if d["grid_factor"] != 1:  # absent at 1, so datasets made before the option keep their id
+        out["grid_factor"] = d["grid_factor"]
+    return out
 
 
 def fingerprint(params: dict[str, Any]) -> str:

@@ -86,7 +86,8 @@ def crop_rows(image: np.ndarray, crop: Crop, params: dict[str, Any]) -> Iterator
                            split="ood" if crop.split == "ood" else "train",
                            clean_fraction=params["clean_fraction"],
                            type_probs=params["type_probs"],
-                           max_degradations=params["max_degradations"])
+                           max_degradations=params["max_degradations"],
+                           grid_factor=params.get("grid_factor", 1))
         # an empty chain returns the crop unchanged (x/255*255 rounds back exactly)
         degraded_png = encode_png(apply_chain(clean, ann, row_seed), level) \
             if ann["degradations"] else clean_png

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from dutrain.schema import TAXONOMY, TYPES, Annotation, canonicalize
+from dutrain.schema import TAXONOMY, TYPES, Annotation, canonicalize, taxonomy_at
 
 from ._image import to_float, to_rgb_uint8, to_uint8
 from .blur import defocus_blur, gaussian_blur, motion_blur
@@ -99,9 +99,24 @@ def _resolve_probs(type_probs: Mapping[str, float] | None) -> dict[str, float]:
     return probs
 
 
+def _draw_types(rng: np.random.Generator, probs: Mapping[str, float],
+                max_degradations: int) -> list[str]:
+    """1…max_degradations types by `probs` among free stages, in stage order."""
+    n = int(rng.integers(1, max_degradations + 1))
+    chosen: list[str] = []
+    for _ in range(n):
+        used = {TAXONOMY[t].stage for t in chosen}
+        cands = [t for t in TYPES if probs[t] > 0 and TAXONOMY[t].stage not in used]
+        if not cands:
+            break
+        w = np.array([probs[t] for t in cands])
+        chosen.append(cands[int(rng.choice(len(cands), p=w / w.sum()))])
+    return sorted(chosen, key=lambda t: TAXONOMY[t].stage)
+
+
 def sample_chain(rng: np.random.Generator, split: str = "train", clean_fraction: float = 0.1,
                  type_probs: Mapping[str, float] | None = None,
-                 max_degradations: int = 3) -> Annotation:
+                 max_degradations: int = 3, grid_factor: int = 1) -> Annotation:
     """Draw a random canonical annotation.
 
     - ``train``: clean (empty chain) with probability `clean_fraction`; otherwise n ~ uniform
@@ -112,6 +127,10 @@ def sample_chain(rng: np.random.Generator, split: str = "train", clean_fraction:
     - ``ood``: never clean (a clean image has nothing out of distribution); one key of the chain,
       chosen uniformly among keys whose OOD grid lies outside the train range, takes a value
       uniform on that OOD grid; the other keys are drawn from their train grids.
+    - `grid_factor`: values are drawn from the grids that many times coarser
+      (`dutrain.schema.taxonomy_at`); at factor 1 (the contract's grid) the draws are today's.
+      Where a coarse OOD grid holds nothing outside the train range (factor 8: airlight, scale,
+      peak), an OOD chain made only of such types is drawn again.
     """
     if split not in RANGES:
         raise ValueError(f"split must be one of {RANGES}; got {split!r}")
@@ -123,27 +142,26 @@ def sample_chain(rng: np.random.Generator, split: str = "train", clean_fraction:
     if split == "ood" and max_degradations < 1:
         raise ValueError("split 'ood' needs max_degradations >= 1")
     probs = _resolve_probs(type_probs)
+    tax = taxonomy_at(grid_factor)
     if split == "train" and (max_degradations == 0 or rng.random() < clean_fraction):
         return {"degradations": []}
-    n = int(rng.integers(1, max_degradations + 1))
-    chosen: list[str] = []
-    for _ in range(n):
-        used = {TAXONOMY[t].stage for t in chosen}
-        cands = [t for t in TYPES if probs[t] > 0 and TAXONOMY[t].stage not in used]
-        if not cands:
-            break
-        w = np.array([probs[t] for t in cands])
-        chosen.append(cands[int(rng.choice(len(cands), p=w / w.sum()))])
-    chosen.sort(key=lambda t: TAXONOMY[t].stage)
     forced: tuple[str, str] | None = None
-    if split == "ood":
-        eligible = [(t, p.key) for t in chosen for p in TAXONOMY[t].params
+    for _ in range(1000):
+        chosen = _draw_types(rng, probs, max_degradations)
+        if split != "ood":
+            break
+        eligible = [(t, p.key) for t in chosen for p in tax[t].params
                     if any(not (p.train[0] <= v <= p.train[1]) for v in p.grid_for("ood"))]
-        forced = eligible[int(rng.integers(len(eligible)))]
+        if eligible:
+            forced = eligible[int(rng.integers(len(eligible)))]
+            break
+    else:
+        raise ValueError(f"no type of type_probs has an OOD value on the grid at factor "
+                         f"{grid_factor}")
     out = []
     for t in chosen:
         params = {}
-        for p in TAXONOMY[t].params:
+        for p in tax[t].params:
             grid = p.grid_for("ood" if (t, p.key) == forced else "train")
             params[p.key] = grid[int(rng.integers(len(grid)))]
         out.append({"type": t, "params": params})

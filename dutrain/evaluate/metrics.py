@@ -14,7 +14,11 @@ Per split (keys ``{split}/{metric}``):
 - ``key_acc``: mean of the `key` reward;
 - ``value_nmae``: mean over matched, answered keys of min(1, |v̂ - v| / width) (= 1 - `value`
   per key), and ``value_nmae/{type}.{key}`` per key;
-- ``value_within_1_step``: share of matched, answered keys within one grid step of the truth;
+- ``value_within_1_step``: share of matched, answered keys within one grid step of the truth
+  (the answer grid's step: coarser for a model trained at a grid factor > 1);
+- ``value_nmae_grid``: over the same keys, the error of an answer exactly right up to the answer
+  grid (the true value snapped to it): the floor the grid puts under ``value_nmae``, 0 at grid
+  factor 1 where the truth lies on the grid (docs/design.md §3, "Grid factor");
 - additive: ``n`` (samples), ``missing`` (samples with no prediction: scored as format
   failures) and ``reward/{component}`` (mean scores, as RL logs them).
 A metric with no support (e.g. no matched key) is left out rather than reported as 0 or 1.
@@ -36,7 +40,7 @@ from dutrain.rewards import (
     reference_entries,
 )
 from dutrain.rewards.structured import REWARD_FUNCTIONS
-from dutrain.schema import CLEAN, TAXONOMY, TYPES
+from dutrain.schema import CLEAN, TAXONOMY, TYPES, taxonomy_at
 
 #: confusion-matrix column for a true type the answer neither named nor replaced
 MISSED = "missed"
@@ -61,6 +65,8 @@ class Scored:
     scores: dict[str, float]
     matches: list[KeyMatch] = field(default_factory=list)
     missing: bool = False
+    #: the answer grid the completion was read on (`dutrain.schema.taxonomy_at`)
+    grid_factor: int = 1
 
     @property
     def true_types(self) -> frozenset[str]:
@@ -69,21 +75,23 @@ class Scored:
 
 def score_sample(sample_id: str, split: str, completion: str | None,
                  reference: Mapping[str, Any] | str,
-                 weights: Mapping[str, float] | None = None) -> Scored:
-    """Score one completion (None = no prediction: a format failure)."""
+                 weights: Mapping[str, float] | None = None, grid_factor: int = 1) -> Scored:
+    """Score one completion (None = no prediction: a format failure); `grid_factor`: the
+    model's answer grid."""
     ref = reference_entries(reference)
     ref_ann = {"degradations": [{"type": t, "params": p} for t, p in ref.items()]}
-    ans = read_answer(completion if completion is not None else "")
+    ans = read_answer(completion if completion is not None else "", grid_factor)
     scores = {c: REWARD_FUNCTIONS[c](ans, ref_ann) for c in COMPONENTS}
     w = check_weights(weights)
     scores["total"] = sum(w[c] * scores[c] for c in COMPONENTS)
     matches, _ = key_matches(ans, ref_ann)
-    return Scored(sample_id, split, ref, ans, scores, matches, missing=completion is None)
+    return Scored(sample_id, split, ref, ans, scores, matches, missing=completion is None,
+                  grid_factor=grid_factor)
 
 
-def step_at(type_name: str, key: str, value: float) -> float:
-    """The grid step around `value` (Poisson's peak is finer below 10)."""
-    p = TAXONOMY[type_name].param(key)
+def step_at(type_name: str, key: str, value: float, grid_factor: int = 1) -> float:
+    """The grid step around `value` (Poisson's peak is finer below 10 at factor 1)."""
+    p = taxonomy_at(grid_factor)[type_name].param(key)
     if p.fine_below is not None and value < p.fine_below:
         return float(p.fine_step)
     return float(p.step)
@@ -132,16 +140,20 @@ def split_metrics(split: str, scored: Iterable[Scored]) -> dict[str, float]:
     out["key_acc"] = sum(r.scores["key"] for r in rows) / n
     errs: dict[str, list[float]] = defaultdict(list)
     within: list[bool] = []
+    floor: list[float] = []  # the answer grid's own error on the same keys
     for r in rows:
         for m in r.matches:
             if m.pred is None:
                 continue
             errs[f"{m.type}.{m.key}"].append(m.error)
-            p = TAXONOMY[m.type].param(m.key)
-            within.append(p.distance(m.pred, m.true) <= step_at(m.type, m.key, m.true) + 1e-6)
+            p = taxonomy_at(r.grid_factor)[m.type].param(m.key)
+            within.append(p.distance(m.pred, m.true)
+                          <= step_at(m.type, m.key, m.true, r.grid_factor) + 1e-6)
+            floor.append(min(1.0, p.distance(p.snap(m.true), m.true) / p.width))
     all_errs = [e for v in errs.values() for e in v]
     if all_errs:
         out["value_nmae"] = sum(all_errs) / len(all_errs)
+        out["value_nmae_grid"] = sum(floor) / len(floor)
         out["value_within_1_step"] = sum(within) / len(within)
         for k in sorted(errs, key=_key_order):
             out[f"value_nmae/{k}"] = sum(errs[k]) / len(errs[k])

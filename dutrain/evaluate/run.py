@@ -12,7 +12,7 @@ from dutrain.config.eval import EvalConfig
 from dutrain.config.openai import PREFIX as OPENAI_PREFIX
 from dutrain.errors import UserError
 from dutrain.io.dataset import decode_png, read_table
-from dutrain.models import prompt_mode, resolve_model
+from dutrain.models import answer_grid, prompt_mode, resolve_model
 from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
 from dutrain.tracking import stage_run
@@ -67,6 +67,7 @@ def _completions(cfg: EvalConfig, rows: dict[str, list[dict[str, Any]]]) -> tupl
         return {r["sample_id"]: t for r, t in zip(wanted, texts)}, info, timing
     model_dir = str(resolve_model(cfg.source, storage=cfg.storage))
     info["prompt"] = prompt_mode(model_dir)  # what the engines prompt the model with
+    info["grid_factor"] = answer_grid(model_dir)  # the grid its answers are read on
     with ray_session(cfg.ray):
         texts, stats = vllm_completions(model_dir, [r["degraded"] for r in wanted],
                                         cfg.generation)
@@ -114,9 +115,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise UserError(f"dataset '{cfg.dataset}' has no rows in split(s) "
                         f"{', '.join(cfg.splits)}")
     comps, info, timing = _completions(cfg, rows)
-    weights = cfg.rewards.as_dict()
-    scored = {s: [score_sample(r["sample_id"], s, comps[r["sample_id"]], r["annotation"], weights)
-                  for r in rs] for s, rs in rows.items() if rs}
+    weights, grid = cfg.rewards.as_dict(), info.get("grid_factor", 1)
+    scored = {s: [score_sample(r["sample_id"], s, comps[r["sample_id"]], r["annotation"], weights,
+                               grid) for r in rs] for s, rs in rows.items() if rs}
     info["missing"] = {s: sum(x.missing for x in sc) for s, sc in scored.items()}
     metrics: dict[str, float] = {}
     for s, sc in scored.items():
@@ -146,6 +147,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if info.get("prompt") == "cues":
         notes.append("prompt: cues (the model's dutrain_prompt.json): each image's measured cues "
                      "were given in the prompt")
+    if info.get("grid_factor", 1) > 1:
+        notes.append(f"answer grid: factor {info['grid_factor']} (the model's dutrain_prompt.json):"
+                     f" answers are read on every key's grid {info['grid_factor']}× coarser; "
+                     f"value_nmae_grid is the error that grid alone costs")
     notes += [f"openai: {n} sample(s) without an answer: {kind} (see completions.jsonl)"
               for kind, n in sorted(info.get("openai_errors", {}).items())]
     sources = {s: by_source(sc) for s, sc in scored.items()}

@@ -10,6 +10,7 @@ from .prompts import (
     INSTRUCTION,
     PROMPT_FILE,
     Prompter,
+    answer_grid,
     encode_images,
     encode_prompts,
     encode_sft,
@@ -23,6 +24,6 @@ from .prompts import (
 from .tiny import TinySpec, tiny_model
 
 __all__ = ["check_model_dir", "load_model", "load_processor", "resolve_model", "INSTRUCTION",
-           "PROMPT_FILE", "Prompter", "encode_images", "encode_prompts", "encode_sft",
-           "image_cues", "messages", "prompt_mode", "prompt_text", "to_pil", "write_prompt_mode",
-           "TinySpec", "tiny_model"]
+           "PROMPT_FILE", "Prompter", "answer_grid", "encode_images", "encode_prompts",
+           "encode_sft", "image_cues", "messages", "prompt_mode", "prompt_text", "to_pil",
+           "write_prompt_mode", "TinySpec", "tiny_model"]

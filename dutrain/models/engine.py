@@ -27,9 +27,9 @@ from safetensors.torch import load_file, save
 from transformers import AutoProcessor
 
 from dutrain.runtime.vllm_env import set_vllm_env
-from dutrain.schema import TAXONOMY
+from dutrain.schema import taxonomy_at
 
-from .prompts import Prompter, prompt_mode, to_pil
+from .prompts import Prompter, answer_grid, prompt_mode, to_pil
 
 
 @dataclass
@@ -133,8 +133,9 @@ def _lit(text: str) -> str:
     return json.dumps(text)  # an EBNF string literal: JSON escaping is what GBNF expects
 
 
-def answer_grammar() -> str:
-    """EBNF (xgrammar dialect) for '<think>…</think>\n<answer>{canonical JSON}</answer>'.
+def answer_grammar(grid_factor: int = 1) -> str:
+    """EBNF (xgrammar dialect) for '<think>…</think>\n<answer>{canonical JSON}</answer>', values
+    on the grid `grid_factor` times coarser (`dutrain.schema.taxonomy_at`).
 
     Built from the taxonomy rather than from `answer_json_schema()`: the schema's grid enums
     come out of a JSON-schema compiler as binary floats ("0.20000000000000001"), while the
@@ -142,11 +143,12 @@ def answer_grammar() -> str:
     per stage, params in key order, separators ", " and ": " — so every constrained completion
     parses, validates and is already canonical.
     """
-    stages = sorted({s.stage for s in TAXONOMY.values()})
+    tax = taxonomy_at(grid_factor)
+    stages = sorted({s.stage for s in tax.values()})
     rules = ['root ::= "<think>" think "</think>\\n<answer>" answer "</answer>"',
              "think ::= [^<]*",
              "answer ::= " + _lit('{"degradations": [') + " entries? " + _lit("]}")]
-    for spec in TAXONOMY.values():
+    for spec in tax.values():
         parts = [_lit(f'{{"type": "{spec.type}", "params": {{')]
         for i, p in enumerate(spec.params):
             parts.append(_lit((", " if i else "") + f'"{p.key}": '))
@@ -156,7 +158,7 @@ def answer_grammar() -> str:
         parts.append(_lit("}}"))
         rules.append(f"t_{spec.type} ::= " + " ".join(parts))
     for s in stages:
-        rules.append(f"stage_{s} ::= " + " | ".join(f"t_{t.type}" for t in TAXONOMY.values()
+        rules.append(f"stage_{s} ::= " + " | ".join(f"t_{t.type}" for t in tax.values()
                                                       if t.stage == s))
     # from_k: a non-empty, stage-ordered chain whose first entry is at stage >= k
     for i, s in enumerate(stages):
@@ -184,6 +186,7 @@ class VLLMEngine:
         self.model_dir = str(model_dir)
         self.processor = AutoProcessor.from_pretrained(self.model_dir)
         self.prompt_mode = prompt_mode(self.model_dir)
+        self.grid_factor = answer_grid(self.model_dir)  # the grammar's value grid
         self.prompter = Prompter(self.processor, self.prompt_mode)
         kwargs = dict(model=self.model_dir, dtype=dtype, max_model_len=max_model_len,
                       max_num_seqs=max_num_seqs, seed=seed, enforce_eager=enforce_eager,
@@ -209,7 +212,7 @@ class VLLMEngine:
         so = None
         if structured:
             if self._grammar is None:
-                self._grammar = answer_grammar()
+                self._grammar = answer_grammar(self.grid_factor)
             so = StructuredOutputsParams(grammar=self._grammar)
         return SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                               logprobs=0 if logprobs else None, seed=seed,

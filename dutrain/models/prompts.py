@@ -9,8 +9,10 @@ Prompt modes (docs/sft.md, "Measurement tool in the prompt"): 'plain' is the ins
 `measure_cues`), which the reasoning target then no longer restates. The mode is a property of
 the trained model: SFT writes it into every saved model directory (`write_prompt_mode`,
 dutrain_prompt.json) and everything that prompts a model reads it back (`prompt_mode`; no file:
-'plain'). The encoders take `mode` ('plain' by default) and, optionally, the cues already
-measured (`cues`, one mapping per image).
+'plain'). The same file records the model's answer grid (`answer_grid`; no file or key: 1), the
+grid factor its targets were snapped to (docs/design.md §3, "Grid factor"), which every stage
+that reads the model's answers parses and scores them on. The encoders take `mode` ('plain' by
+default) and, optionally, the cues already measured (`cues`, one mapping per image).
 """
 
 from __future__ import annotations
@@ -62,9 +64,25 @@ def prompt_mode(model_dir: str | os.PathLike) -> str:
         raise ValueError(f"'{p}': {exc}") from None
 
 
-def write_prompt_mode(model_dir: str | os.PathLike, mode: str) -> None:
-    """Record `mode` in the (local) model directory `model_dir`."""
-    Path(model_dir, PROMPT_FILE).write_text(json.dumps({"prompt": check_prompt_mode(mode)}) + "\n")
+def answer_grid(model_dir: str | os.PathLike) -> int:
+    """The grid factor a model answers on: its dutrain_prompt.json's `grid_factor`, else 1."""
+    from dutrain.schema import check_grid_factor
+
+    p = Path(model_dir) / PROMPT_FILE
+    if not p.is_file():
+        return 1
+    try:
+        return check_grid_factor(json.loads(p.read_text()).get("grid_factor", 1))
+    except (ValueError, AttributeError) as exc:
+        raise ValueError(f"'{p}': {exc}") from None
+
+
+def write_prompt_mode(model_dir: str | os.PathLike, mode: str, grid_factor: int = 1) -> None:
+    """Record the prompt `mode` and answer `grid_factor` in the (local) model directory."""
+    from dutrain.schema import check_grid_factor
+
+    Path(model_dir, PROMPT_FILE).write_text(json.dumps(
+        {"prompt": check_prompt_mode(mode), "grid_factor": check_grid_factor(grid_factor)}) + "\n")
 
 
 def image_cues(image: Any) -> dict[str, float]:

@@ -30,6 +30,7 @@ from dutrain.config import load_config
 from dutrain.config.offline import OfflineConfig
 from dutrain.io.dataset import decode_png
 from dutrain.models import (
+    answer_grid,
     encode_images,
     encode_sft,
     image_cues,
@@ -220,6 +221,6 @@ def dpo_loop(loop_cfg: dict[str, Any]) -> None:
     tracker.log_metrics(train, step=step)
     summary = {**loop_cfg.get("summary", {}), **{k: round(v, 4) for k, v in train.items()}}
     with tempfile.TemporaryDirectory() as d:
-        save_hf(policy, processor, d, prompt=prompt)
+        save_hf(policy, processor, d, prompt=prompt, grid_factor=answer_grid(model_dir))
         Path(d, SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
         publish(d, f"{loop_cfg['output']}/final", cfg.storage)

@@ -45,7 +45,7 @@ from dutrain.errors import UserError
 from dutrain.evaluate.generate import sample_seed, vllm_samples
 from dutrain.io.dataset import DatasetError, read_table
 from dutrain.io.storage import absolute, filesystem, join
-from dutrain.models import prompt_mode, resolve_model
+from dutrain.models import answer_grid, prompt_mode, resolve_model
 from dutrain.rewards import score
 from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
@@ -101,13 +101,13 @@ def sample_and_score(cfg: OfflineConfig, model_dir: str, rows: list[dict[str, An
               disable=not cfg.progress, dynamic_ncols=True) as bar:
         texts, stats = vllm_samples(model_dir, [r["degraded"] for r in rows], k, cfg.generation,
                                     on_batch=bar.update)
-    weights = cfg.rewards.as_dict()
+    weights, grid = cfg.rewards.as_dict(), answer_grid(model_dir)
     samples = []
     for i, (r, comps) in enumerate(zip(rows, texts)):
         for j, text in enumerate(comps):
             samples.append({"prompt_id": r["sample_id"], "sample_index": j,
                             "seed": sample_seed(cfg.generation.seed, i, k, j), "completion": text,
-                            **score(text, r["annotation"], weights)})
+                            **score(text, r["annotation"], weights, grid)})
     metrics = sample_metrics(samples, len(rows), k)
     metrics.update({"sample/samples_per_s": stats.samples_per_s,
                     "sample/tokens_per_s": stats.tokens_per_s,
@@ -196,6 +196,7 @@ def rft_config(cfg: OfflineConfig, model_dir: str, output: str, steps: int) -> S
     return load_config(SFTConfig, overrides={
         "model": model_dir, "dataset": absolute(cfg.dataset), "output": output,
         "target": cfg.rft_val_target, "prompt": prompt_mode(model_dir),
+        "grid_factor": answer_grid(model_dir),
         "num_workers": cfg.num_workers, "use_gpu": cfg.use_gpu,
         "cpus_per_worker": cfg.cpus_per_worker, "batch_size": cfg.batch_size, "max_steps": steps,
         "lr": cfg.lr, "warmup_steps": 0, "max_grad_norm": cfg.max_grad_norm, "seed": cfg.seed,

@@ -77,8 +77,9 @@ def _answer_object(text: str) -> Any:
         return None
 
 
-def read_answer(text: Any) -> Answer:
-    """Read a completion; never raises.
+def read_answer(text: Any, grid_factor: int = 1) -> Answer:
+    """Read a completion; never raises. `grid_factor`: the grid `valid` checks values against
+    (a model trained on a coarser grid, `dutrain.schema.taxonomy_at`).
 
     >>> a = read_answer('<think>dark</think><answer>{"degradations": [{"type": "low_light", '
     ...                 '"params": {"exposure": 0.33, "gamma": 2.0}}]}</answer>')
@@ -86,7 +87,7 @@ def read_answer(text: Any) -> Answer:
     (False, ['low_light'], 0.33)
     """
     try:
-        valid = parse_answer(text).ok
+        valid = parse_answer(text, grid_factor).ok
         obj = _answer_object(text) if isinstance(text, str) else None
         items = obj.get("degradations") if isinstance(obj, dict) else None
         if not isinstance(items, list):
@@ -251,8 +252,10 @@ def check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
 
 
 def score(completion: str, reference: Mapping[str, Any] | str,
-          weights: Mapping[str, float] | None = None) -> dict[str, float]:
+          weights: Mapping[str, float] | None = None, grid_factor: int = 1) -> dict[str, float]:
     """All components and ``total`` = Σ weight · component (weights default `DEFAULT_WEIGHTS`).
+    `grid_factor`: the answer grid of the model (only `format` depends on it; values are graded
+    against the true value, so a coarser grid's rounding costs `value` what it costs).
 
     Never raises on the completion; raises ValueError on an invalid reference or bad weights.
 
@@ -265,7 +268,7 @@ def score(completion: str, reference: Mapping[str, Any] | str,
     """
     w = check_weights(weights)
     ref = reference_entries(reference)
-    ans = read_answer(completion)
+    ans = read_answer(completion, grid_factor)
     ref_ann = {"degradations": [{"type": t, "params": p} for t, p in ref.items()]}
     out = {c: REWARD_FUNCTIONS[c](ans, ref_ann) for c in COMPONENTS}
     out["total"] = sum(w[c] * out[c] for c in COMPONENTS)

@@ -29,7 +29,7 @@ from dutrain.config import ConfigError
 from dutrain.config.rl import RLConfig
 from dutrain.io.dataset import decode_png, read_table
 from dutrain.io.storage import join
-from dutrain.models import resolve_model
+from dutrain.models import answer_grid, resolve_model
 from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
 from dutrain.tracking import stage_run
@@ -129,8 +129,10 @@ def prepare(cfg: RLConfig) -> RunInputs:
 
 # --------------------------------------------------------------------------------- scoring
 
-def score_batch(batch: Batch, reward: RewardFn, cfg: RLConfig) -> tuple[Batch, dict[str, float]]:
-    """Rewards, group advantages and token weights for a rollout batch (rows grouped by prompt)."""
+def score_batch(batch: Batch, reward: RewardFn, cfg: RLConfig, grid_factor: int = 1
+                ) -> tuple[Batch, dict[str, float]]:
+    """Rewards, group advantages and token weights for a rollout batch (rows grouped by prompt);
+    `grid_factor`: the policy's answer grid (format validity)."""
     t0 = time.perf_counter()
     scores = [reward(text, ref) for text, ref in zip(batch["text"], batch["reference"])]
     totals = np.array([s["total"] for s in scores]).reshape(-1, cfg.group_size)
@@ -138,7 +140,7 @@ def score_batch(batch: Batch, reward: RewardFn, cfg: RLConfig) -> tuple[Batch, d
     lengths = [len(ids) for ids in batch["completion_ids"]]
     weights = token_weights(lengths, cfg.loss.norm, len(batch), sum(lengths),
                             cfg.rollout.max_tokens)
-    valid = [format_valid(t) for t in batch["text"]]
+    valid = [format_valid(t, grid_factor) for t in batch["text"]]
     out = batch.with_columns(reward=scores, advantage=adv.tolist(), token_weight=weights,
                              format_valid=valid)
     metrics: dict[str, float] = {}
@@ -158,10 +160,12 @@ def score_batch(batch: Batch, reward: RewardFn, cfg: RLConfig) -> tuple[Batch, d
     return out, metrics
 
 
-def heldout_metrics(batch: Batch, reward: RewardFn, split: str) -> dict[str, float]:
+def heldout_metrics(batch: Batch, reward: RewardFn, split: str,
+                    grid_factor: int = 1) -> dict[str, float]:
     scores = [reward(t, r) for t, r in zip(batch["text"], batch["reference"])]
     out = {f"{split}/reward/{c}": float(np.mean([s[c] for s in scores])) for c in scores[0]}
-    out[f"{split}/format_valid"] = float(np.mean([format_valid(t) for t in batch["text"]]))
+    out[f"{split}/format_valid"] = float(np.mean([format_valid(t, grid_factor)
+                                                  for t in batch["text"]]))
     return out
 
 
@@ -184,8 +188,10 @@ class Controller:
                  log: Callable[[dict[str, float], int], None] = lambda m, s: None,
                  log_text: Callable[[str, str], None] = lambda text, name: None):
         self.cfg, self.inputs, self.log, self.log_text = cfg, inputs, log, log_text
+        # the policy answers on its model's grid (dutrain_prompt.json; 1 for a plain model)
+        self.grid_factor = answer_grid(inputs.model_dir)
         self.reward = reward_function(cfg.reward.kind, cfg.reward.weights.as_dict(),
-                                      cfg.reward.target_type)
+                                      cfg.reward.target_type, self.grid_factor)
         state = inputs.resume_state
         pos = state.get("data", {"epoch": 0, "cursor": 0})
         self.sampler = PromptSampler(inputs.train, cfg.seed, pos["epoch"], pos["cursor"])
@@ -231,7 +237,7 @@ class Controller:
         greedy = self.cfg.eval_sampling == "greedy"
         batch = self.rollouts.generate(self.inputs.heldout, n=1 if greedy else self.cfg.group_size,
                                        seed=0, greedy=greedy)
-        return heldout_metrics(batch, self.reward, self.cfg.eval_split)
+        return heldout_metrics(batch, self.reward, self.cfg.eval_split, self.grid_factor)
 
     def fit(self) -> list[dict[str, float]]:
         """Run until `cfg.steps`; returns the per-step metrics."""
@@ -260,7 +266,7 @@ class Controller:
         t_step = time.perf_counter()
         step, batch, rollout_wait = self._next_rollouts(t_step)
         staleness = self._check_staleness(step, batch)
-        batch, metrics = score_batch(batch, self.reward, cfg)
+        batch, metrics = score_batch(batch, self.reward, cfg, self.grid_factor)
         batch.meta["step"] = step
         t_learn = time.perf_counter()
         stats = self.learners.train(batch)

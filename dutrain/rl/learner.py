@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from dutrain.config.rl import RLConfig
 from dutrain.io.storage import copy_tree
-from dutrain.models import load_model, load_processor, prompt_mode, write_prompt_mode
+from dutrain.models import answer_grid, load_model, load_processor, prompt_mode, write_prompt_mode
 from dutrain.models.engine import state_dict_bytes, untied
 from dutrain.models.prompts import CueCache, encode_prompt_completion, encode_prompts
 
@@ -146,6 +146,7 @@ class LearnerWorker:
         self.processor = load_processor(self.model_dir)
         # the starting model's prompt mode: the rollout engines read the same file
         self.prompt = prompt_mode(self.model_dir)
+        self.grid_factor = answer_grid(self.model_dir)
         self.cues = CueCache()
         model = load_model(src, dtype=lc.dtype, device=self.device)
         if lc.gradient_checkpointing:
@@ -308,7 +309,8 @@ class LearnerWorker:
         model_dir = d / "model" if optimizer else d
         self.ddp.module.save_pretrained(model_dir, safe_serialization=True)
         self.processor.save_pretrained(model_dir)
-        write_prompt_mode(model_dir, self.prompt)  # the model keeps the mode it was trained in
+        # the model keeps the prompt mode and answer grid it was trained in
+        write_prompt_mode(model_dir, self.prompt, self.grid_factor)
         if optimizer:
             torch.save(self.opt.state_dict(), d / "optimizer.pt")
         if remote:

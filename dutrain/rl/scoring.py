@@ -27,17 +27,18 @@ def type_mention_reward(completion: str, target_type: str) -> dict[str, float]:
 
 
 def reward_function(kind: str, weights: Mapping[str, float] | None = None,
-                    target_type: str = "haze") -> RewardFn:
-    """The reward of config `reward.kind`: completion, reference annotation → components."""
+                    target_type: str = "haze", grid_factor: int = 1) -> RewardFn:
+    """The reward of config `reward.kind`: completion, reference annotation → components.
+    `grid_factor`: the answer grid of the policy (its model directory's)."""
     if kind == "structured":
         w = dict(weights) if weights is not None else None
-        return lambda completion, reference: score(completion, reference, w)
+        return lambda completion, reference: score(completion, reference, w, grid_factor)
     if kind == "type_mention":
         return lambda completion, reference: type_mention_reward(completion, target_type)
     raise ValueError(f"unknown reward kind {kind!r} (allowed: structured, type_mention)")
 
 
-def format_valid(completion: str) -> bool:
+def format_valid(completion: str, grid_factor: int = 1) -> bool:
     """The completion meets the answer contract of docs/design.md §5 (tags, JSON, taxonomy, grid).
     """
-    return bool(parse_answer(completion).ok)
+    return bool(parse_answer(completion, grid_factor).ok)

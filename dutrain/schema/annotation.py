@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .taxonomy import TAXONOMY, TYPES, DegradationSpec
+from .taxonomy import TAXONOMY, TYPES, DegradationSpec, taxonomy_at
 
 Annotation = dict[str, Any]
 
@@ -44,13 +44,16 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def check_annotation(obj: Any, snap: bool = False) -> tuple[Annotation | None, list[str]]:
+def check_annotation(obj: Any, snap: bool = False,
+                     grid_factor: int = 1) -> tuple[Annotation | None, list[str]]:
     """Validate `obj` against the taxonomy; return (canonical annotation or None, errors).
 
     Every problem is reported (unknown type or key, missing key, duplicate type, two types of one
     stage, value not a number, off range, off grid). With ``snap=True`` off-grid values are
-    snapped instead of reported (used by samplers, never by the answer parser).
+    snapped instead of reported (used by samplers, never by the answer parser). `grid_factor`:
+    the grid is that many times coarser (`taxonomy_at`; 1 is the contract's grid).
     """
+    tax = taxonomy_at(grid_factor)
     errors: list[str] = []
     if not isinstance(obj, dict):
         return None, [f"annotation must be a JSON object, got {type(obj).__name__}"]
@@ -77,10 +80,10 @@ def check_annotation(obj: Any, snap: bool = False) -> tuple[Annotation | None, l
         if not isinstance(t, str):
             errors.append(f"{where}: missing or non-string 'type'")
             continue
-        if t not in TAXONOMY:
+        if t not in tax:
             errors.append(f"{where}: unknown type {t!r}{_suggest(t, TYPES)}")
             continue
-        spec = TAXONOMY[t]
+        spec = tax[t]
         if t in seen_types:
             errors.append(f"{where}: duplicate type {t!r}")
             continue
@@ -127,12 +130,19 @@ def check_annotation(obj: Any, snap: bool = False) -> tuple[Annotation | None, l
     return {"degradations": [{"type": s.type, "params": c} for s, c in out]}, []
 
 
-def canonicalize(annotation: Any, snap: bool = False) -> Annotation:
+def canonicalize(annotation: Any, snap: bool = False, grid_factor: int = 1) -> Annotation:
     """The canonical dict for `annotation`; raises AnnotationError listing every problem."""
-    ann, errors = check_annotation(annotation, snap=snap)
+    ann, errors = check_annotation(annotation, snap=snap, grid_factor=grid_factor)
     if ann is None:
         raise AnnotationError(errors)
     return ann
+
+
+def snap_annotation(annotation: Any, grid_factor: int) -> Annotation:
+    """`annotation` with every value moved to the nearest point of the grid `grid_factor` times
+    coarser: what a model answering on that grid should say (SFT targets). Still canonical at
+    factor 1 (a coarse grid is a subset of the contract's)."""
+    return canonicalize(canonicalize(annotation), snap=True, grid_factor=grid_factor)
 
 
 def canonical_json(annotation: Any) -> str:

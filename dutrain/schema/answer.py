@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .annotation import Annotation, canonical_json, check_annotation
-from .taxonomy import TAXONOMY
+from .taxonomy import TAXONOMY, taxonomy_at
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -57,15 +57,16 @@ def _block(text: str, open_tag: str, close_tag: str,
     return text[i + len(open_tag):j], j + len(close_tag), []
 
 
-def parse_answer(text: Any) -> ParseResult:
-    """Parse a completion. Never raises; `.annotation` is the canonical dict or None."""
+def parse_answer(text: Any, grid_factor: int = 1) -> ParseResult:
+    """Parse a completion. Never raises; `.annotation` is the canonical dict or None.
+    `grid_factor`: values must lie on the grid that many times coarser (a model trained on it)."""
     try:
-        return _parse(text)
+        return _parse(text, grid_factor)
     except Exception as exc:  # the contract: any input, no exception
         return ParseResult(None, [f"unparseable completion ({type(exc).__name__})"])
 
 
-def _parse(text: Any) -> ParseResult:
+def _parse(text: Any, grid_factor: int = 1) -> ParseResult:
     if not isinstance(text, str):
         return ParseResult(None, [f"completion must be a string, got {type(text).__name__}"])
     errors: list[str] = []
@@ -95,7 +96,7 @@ def _parse(text: Any) -> ParseResult:
     except ValueError as exc:
         return ParseResult(None, errors + [f"bad JSON: {exc}"], reasoning)
     types = _best_effort_types(obj)
-    ann, errs = check_annotation(obj)
+    ann, errs = check_annotation(obj, grid_factor=grid_factor)
     errors += errs
     return ParseResult(ann, errors, reasoning, types)
 
@@ -111,14 +112,14 @@ def _best_effort_types(obj: Any) -> list[str]:
     return out
 
 
-def answer_json_schema(grid_enums: bool = True) -> dict[str, Any]:
+def answer_json_schema(grid_enums: bool = True, grid_factor: int = 1) -> dict[str, Any]:
     """JSON Schema of the <answer> object (for validation and structured decoding).
 
-    With ``grid_enums`` every value is an enum of its grid (exactly what the parser accepts);
-    without it, a number between the valid bounds.
+    With ``grid_enums`` every value is an enum of its grid (exactly what the parser accepts at
+    `grid_factor`); without it, a number between the valid bounds.
     """
     variants = []
-    for spec in TAXONOMY.values():
+    for spec in taxonomy_at(grid_factor).values():
         props = {}
         for p in spec.params:
             if grid_enums:

@@ -7,11 +7,17 @@ with the grid's decimals. The valid range of a key is the union of its train and
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Mapping
 
 Number = int | float
+
+#: the largest grid coarsening factor (`taxonomy_at`): at 8 some keys keep one train value
+#: (airlight 0.8, defocus radius 4.0); at 16 the defocus train range holds none
+MAX_GRID_FACTOR = 8
 
 #: the dataset splits, in order (docs/design.md §4); `train` and `ood` also name a key's two
 #: value ranges (`ParamSpec.grid_for`)
@@ -31,9 +37,14 @@ class ParamSpec:
     fine_below: float | None = None  # below this value the grid step is `fine_step`
     fine_step: float | None = None
     period: float | None = None  # angular keys: distance is taken modulo the period
+    #: set by `coarsened`: the decimals of the factor-1 grid, which values keep (a coarse grid is
+    #: a subset of the fine one, so a coarse value is written exactly as the contract writes it)
+    base_decimals: int | None = None
 
     @property
     def decimals(self) -> int:
+        if self.base_decimals is not None:
+            return self.base_decimals
         steps = [self.step] + ([self.fine_step] if self.fine_step else [])
         return max(_decimals_of(s) for s in steps)
 
@@ -115,6 +126,15 @@ class ParamSpec:
         v = self._fmt(float(value))
         return str(v) if self.integer else f"{v:.{self.decimals}f}"
 
+    def coarsened(self, factor: int) -> ParamSpec:
+        """This key on the grid `factor` times coarser: the multiples of factor · step (a subset
+        of today's grid, written with its decimals). Poisson's finer step below 10 is dropped
+        for factor > 1 (the coarse steps would not meet at 10)."""
+        if check_grid_factor(factor) == 1:
+            return self
+        return dataclasses.replace(self, step=round(self.step * factor, 10), fine_below=None,
+                                   fine_step=None, base_decimals=self.decimals)
+
     def distance(self, a: float, b: float) -> float:
         d = abs(float(a) - float(b))
         if self.period:
@@ -153,6 +173,11 @@ class DegradationSpec:
             if p.key == key:
                 return p
         raise KeyError(key)
+
+    def coarsened(self, factor: int) -> DegradationSpec:
+        if check_grid_factor(factor) == 1:
+            return self
+        return dataclasses.replace(self, params=tuple(p.coarsened(factor) for p in self.params))
 
 
 def _decimals_of(step: float) -> int:
@@ -209,6 +234,24 @@ TYPES: tuple[str, ...] = tuple(TAXONOMY)
 STAGE_NAMES: dict[int, str] = {d.stage: d.stage_name for d in _TYPES}
 #: the pseudo-type used in metrics for an empty chain
 CLEAN = "clean"
+
+
+def check_grid_factor(factor: object) -> int:
+    """`factor` as a grid coarsening factor: an integer in [1, MAX_GRID_FACTOR]."""
+    if isinstance(factor, bool) or not isinstance(factor, int) \
+            or not 1 <= factor <= MAX_GRID_FACTOR:
+        raise ValueError(f"grid factor must be an integer from 1 to {MAX_GRID_FACTOR}, "
+                         f"got {factor!r}")
+    return factor
+
+
+@functools.lru_cache(maxsize=None)
+def taxonomy_at(factor: int = 1) -> dict[str, DegradationSpec]:
+    """The taxonomy with every key's grid `factor` times coarser (docs/design.md §3, "Grid
+    factor"); factor 1 is `TAXONOMY` itself. Types, keys and valid ranges do not change."""
+    if check_grid_factor(factor) == 1:
+        return TAXONOMY
+    return {t: s.coarsened(factor) for t, s in TAXONOMY.items()}
 
 
 def spec(type_name: str) -> DegradationSpec:

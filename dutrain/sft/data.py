@@ -23,17 +23,21 @@ from dutrain.degrade import measure_cues, write_reasoning
 from dutrain.io.dataset import decode_png, parquet_dataset, read_table
 from dutrain.io.storage import filesystem
 from dutrain.models.prompts import check_prompt_mode
-from dutrain.schema import render_answer
+from dutrain.schema import render_answer, snap_annotation
 
 TARGETS = ("reasoning", "answer")
 
 
 def make_target(degraded_png: bytes, annotation: dict[str, Any] | str,
-                mode: str = "reasoning", prompt: str = "plain") -> str:
+                mode: str = "reasoning", prompt: str = "plain", grid_factor: int = 1) -> str:
     """The assistant text for one sample (`mode` 'answer' leaves the reasoning empty). With
-    `prompt` 'cues' the measured cues are the prompt's, and the reasoning does not restate them."""
+    `prompt` 'cues' the measured cues are the prompt's, and the reasoning does not restate them.
+    `grid_factor` > 1: the answer's values are the true ones snapped to the grid that many times
+    coarser (docs/design.md §3, "Grid factor")."""
     ann = json.loads(annotation) if isinstance(annotation, str) else annotation
     check_prompt_mode(prompt)
+    if grid_factor != 1:
+        ann = snap_annotation(ann, grid_factor)
     if mode == "answer":
         return render_answer(ann, "")
     if mode != "reasoning":
@@ -42,9 +46,10 @@ def make_target(degraded_png: bytes, annotation: dict[str, Any] | str,
                                               state_cues=prompt == "plain"))
 
 
-def add_targets(batch: dict[str, Any], mode: str, prompt: str = "plain") -> dict[str, Any]:
+def add_targets(batch: dict[str, Any], mode: str, prompt: str = "plain",
+                grid_factor: int = 1) -> dict[str, Any]:
     """Ray Data batch function (numpy format): adds the `target` column."""
-    batch["target"] = np.array([make_target(p, a, mode, prompt) for p, a in
+    batch["target"] = np.array([make_target(p, a, mode, prompt, grid_factor) for p, a in
                                 zip(batch["degraded"], batch["annotation"])], dtype=object)
     return batch
 
@@ -57,12 +62,13 @@ def parquet_files(root: str, storage: Any = None) -> tuple[list[str], Any]:
 
 
 def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: int | None = None,
-                    storage: Any = None, seed: int = 0, prompt: str = "plain") -> list[Any]:
+                    storage: Any = None, seed: int = 0, prompt: str = "plain",
+                    grid_factor: int = 1) -> list[Any]:
     """Ray Datasets of (sample_id, degraded, target) for `split`, cut into `num_shards` parts.
 
     Deterministic: files are read in sorted order with order-preserving execution, so a
     restarted run gives every worker the same rows. `prompt`: the prompt mode the targets are
-    written for (`make_target`).
+    written for and `grid_factor` the answer grid (`make_target`).
     """
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
@@ -74,7 +80,8 @@ def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: in
         keep = set(read_table(root, [split], ["sample_id"], limit, storage)
                    .column("sample_id").to_pylist())
         ds = ds.filter(expr=col("sample_id").is_in(sorted(keep)))
-    ds = ds.map_batches(add_targets, fn_kwargs={"mode": mode, "prompt": prompt},
+    ds = ds.map_batches(add_targets, fn_kwargs={"mode": mode, "prompt": prompt,
+                                                "grid_factor": grid_factor},
                         batch_format="numpy", batch_size=64)
     ds = ds.select_columns(["sample_id", "degraded", "annotation", "target"]).materialize()
     n = ds.count()

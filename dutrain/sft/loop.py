@@ -72,12 +72,14 @@ def unwrap(model: Any) -> Any:
     return getattr(model, "module", model)
 
 
-def save_hf(model: Any, processor: Any, out: str | os.PathLike, *, prompt: str) -> None:
+def save_hf(model: Any, processor: Any, out: str | os.PathLike, *, prompt: str,
+            grid_factor: int = 1) -> None:
     """An ordinary Hugging Face directory (safetensors, config, processor, chat template) plus
-    the model's prompt mode (dutrain_prompt.json, `dutrain.models.prompt_mode`)."""
+    the model's prompt mode and answer grid (dutrain_prompt.json, `dutrain.models.prompt_mode`,
+    `answer_grid`)."""
     unwrap(model).save_pretrained(str(out), safe_serialization=True)
     processor.save_pretrained(str(out))
-    write_prompt_mode(out, prompt)
+    write_prompt_mode(out, prompt, grid_factor)
 
 
 def publish(local_dir: str | os.PathLike, uri: str, storage: Any = None) -> None:
@@ -165,12 +167,14 @@ def transformers_completions(model: Any, processor: Any, images: list[np.ndarray
 
 
 def final_evaluation(model: Any, processor: Any, rows: list[dict[str, Any]], max_new_tokens: int,
-                     prompt: str = "plain") -> tuple[dict[str, float], list[str]]:
+                     prompt: str = "plain", grid_factor: int = 1
+                     ) -> tuple[dict[str, float], list[str]]:
     """`val/...` metrics of the shared scorer (format validity, type F1, …) and completions."""
     comps = transformers_completions(model, processor,
                                      [decode_png(r["degraded"]) for r in rows], max_new_tokens,
                                      prompt=prompt)
-    scored = [score_sample(r["sample_id"], "val", c, r["annotation"]) for r, c in zip(rows, comps)]
+    scored = [score_sample(r["sample_id"], "val", c, r["annotation"], grid_factor=grid_factor)
+              for r, c in zip(rows, comps)]
     return split_metrics("val", scored), comps
 
 
@@ -300,7 +304,8 @@ class SFTRecipe:
         if self.rank != 0:
             return
         with tempfile.TemporaryDirectory() as d:
-            save_hf(self.model, self.processor, d, prompt=self.cfg.prompt)
+            save_hf(self.model, self.processor, d, prompt=self.cfg.prompt,
+                    grid_factor=self.cfg.grid_factor)
             Path(d, "dutrain_sft.json").write_text(json.dumps({"step": step,
                                                               "val_loss": self.best}))
             publish(d, f"{self.out_uri}/best", self.cfg.storage)
@@ -321,7 +326,8 @@ class SFTRecipe:
             ray.train.report(report, checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as d:
-            save_hf(self.model, self.processor, d, prompt=self.cfg.prompt)
+            save_hf(self.model, self.processor, d, prompt=self.cfg.prompt,
+                    grid_factor=self.cfg.grid_factor)
             torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                         "step": step, "best_val_loss": self.best}, Path(d) / STATE_FILE)
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
@@ -336,13 +342,15 @@ class SFTRecipe:
             if rows:
                 t0 = time.perf_counter()
                 metrics, comps = final_evaluation(self.model, self.processor, rows,
-                                                  cfg.max_new_tokens, cfg.prompt)
+                                                  cfg.max_new_tokens, cfg.prompt,
+                                                  cfg.grid_factor)
                 metrics["val/eval_seconds"] = time.perf_counter() - t0
                 tracker.log_metrics(metrics, step=cfg.max_steps)
                 write_samples(d, rows, comps, cfg.sample_completions)
                 tracker.log_artifact(d, "samples")
         with tempfile.TemporaryDirectory() as d:
-            save_hf(self.model, self.processor, d, prompt=self.cfg.prompt)
+            save_hf(self.model, self.processor, d, prompt=self.cfg.prompt,
+                    grid_factor=self.cfg.grid_factor)
             Path(d, "eval.json").write_text(json.dumps(metrics, indent=1))
             publish(d, f"{self.out_uri}/final", cfg.storage)
         tracker.set_tags({"dutrain.checkpoint": f"{self.out_uri}/final"})

@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from dutrain.config import to_dict
 from dutrain.config.sft import SFTConfig
 from dutrain.io.storage import absolute, filesystem, is_remote
-from dutrain.models import PROMPT_FILE, prompt_mode, resolve_model
+from dutrain.models import PROMPT_FILE, answer_grid, prompt_mode, resolve_model
 from dutrain.runtime import preflight
 from dutrain.runtime.cluster import ray_session
 from dutrain.tracking import stage_run, tracking_uri
@@ -101,6 +101,9 @@ def run(cfg: SFTConfig) -> int:
         if Path(model_dir, PROMPT_FILE).is_file() and prompt_mode(model_dir) != cfg.prompt:
             print(f"note: model '{cfg.model}' was trained with prompt={prompt_mode(model_dir)}; "
                   f"this run trains (and records) prompt={cfg.prompt}", file=sys.stderr)
+        if answer_grid(model_dir) != cfg.grid_factor:
+            print(f"note: model '{cfg.model}' answers on grid factor {answer_grid(model_dir)}; "
+                  f"this run trains (and records) grid_factor={cfg.grid_factor}", file=sys.stderr)
     if not cfg.resume:
         with preflight.s3_errors("output", output):
             _clear_previous(output, cfg.storage)
@@ -108,10 +111,11 @@ def run(cfg: SFTConfig) -> int:
     with ray_session(cfg.ray), stage_run(cfg, "sft", params={"model_dir": model_dir}) as run:
         t0 = time.perf_counter()
         shards = prepared_splits(dataset, "train", cfg.target, cfg.num_workers, cfg.train_limit,
-                                 cfg.storage, cfg.seed, prompt=cfg.prompt)
+                                 cfg.storage, cfg.seed, prompt=cfg.prompt,
+                                 grid_factor=cfg.grid_factor)
         val = prepared_splits(dataset, "val", cfg.target, 1,
                               max(cfg.val_samples, cfg.final_eval_samples), cfg.storage,
-                              prompt=cfg.prompt)[0]
+                              prompt=cfg.prompt, grid_factor=cfg.grid_factor)[0]
         prep_s = time.perf_counter() - t0
         rows = sum(s.count() for s in shards)
         run.log_metrics({"data/train_rows": rows, "data/val_rows": val.count(),

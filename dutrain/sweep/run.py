@@ -185,7 +185,8 @@ def results(cfg: SweepConfig, client: Any, experiment_id: str, trials: list[Tria
     if cfg.metric:
         extra = [m for m in choose_metrics([r for r in runs if r.data.metrics] or runs)
                  if m != cfg.metric]
-        metrics = [cfg.metric, *extra[:5]]
+        first = [cfg.metric, *([cfg.reference_metric] if cfg.reference_metric else [])]
+        metrics = [*first, *[m for m in extra if m not in first][:5]]
     comp = Comparison(runs, params, metrics, show_status=True)
     return comp.sorted_by(cfg.metric, cfg.mode) if cfg.metric else comp
 
@@ -233,7 +234,7 @@ def run_sweep(cfg: SweepConfig) -> tuple[Comparison, dict[str, Any]]:
             log_x = [d.key for d in parse_space(cfg.space, cfg.verb) if d.kind == "loguniform"]
             plot_against(comp, cfg.metric, comp.params, out / "sweep_vs_params.png", log_x,
                          title=f"dutrain sweep: {cfg.metric} ({cfg.mode}) against each "
-                               f"swept parameter")
+                               f"swept parameter", reference=cfg.reference_metric)
             files.append(out / "sweep_vs_params.png")
         counts = {s: sum(1 for t in trials if read_record(root, t.name).get("status") == s)
                   for s in ("finished", "stopped", "failed", "interrupted", "running")}

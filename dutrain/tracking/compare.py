@@ -232,10 +232,11 @@ def plot(comp: Comparison, path: Path, kind: str = "bar") -> None:
 
 
 def plot_against(comp: Comparison, metric: str, params: Sequence[str], path: Path,
-                 log_x: Sequence[str] = (), title: str = "") -> None:
+                 log_x: Sequence[str] = (), title: str = "", reference: str | None = None) -> None:
     """One panel per param: `metric` of every run against that param's value (numbers on a
     numeric axis, log-scaled for the keys in `log_x` and for values a decade or more apart;
-    other values as categories). Runs without the metric (failed) are left out."""
+    other values as categories). Runs without the metric (failed) are left out. `reference`: a
+    second metric of the same runs in the same panels (another marker), e.g. a bound."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -247,19 +248,25 @@ def plot_against(comp: Comparison, metric: str, params: Sequence[str], path: Pat
                              squeeze=False)
     have = [r for r in comp.runs if r.data.metrics.get(metric) is not None]
     y = [float(r.data.metrics[metric]) for r in have]
+    ref = [r.data.metrics.get(reference) for r in have] if reference else []
     for ax, p in zip(axes.flat, params):
         raw = [r.data.params.get(p, "–") for r in have]
         try:
             x: list[Any] = [float(v) for v in raw]
-            ax.scatter(x, y)
             if p in log_x or (x and min(x) > 0 and max(x) >= 10 * min(x)):  # decades apart
                 ax.set_xscale("log")
         except ValueError:  # categories, in order of first appearance
             cats = list(dict.fromkeys(raw))
-            ax.scatter([cats.index(v) for v in raw], y)
+            x = [cats.index(v) for v in raw]
             ax.set_xticks(range(len(cats)), [c[:16] for c in cats], fontsize=8, rotation=20)
+        ax.scatter(x, y, label=metric)
+        if any(v is not None for v in ref):
+            ax.scatter([a for a, v in zip(x, ref) if v is not None],
+                       [float(v) for v in ref if v is not None], marker="_", s=200,
+                       label=reference)
+            ax.legend(fontsize=7)
         ax.set_xlabel(p, fontsize=9)
-        ax.set_ylabel(metric, fontsize=9)
+        ax.set_ylabel(metric if not ref else "value", fontsize=9)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(params):]:
         ax.axis("off")

@@ -128,7 +128,7 @@ def test_cues_encoders_agree_with_each_other_and_with_given_cues(processor):
 def test_prompt_mode_is_read_from_the_model_directory(tmp_path):
     assert prompt_mode(tmp_path) == "plain"  # no file: plain (models from elsewhere, old runs)
     write_prompt_mode(tmp_path, "cues")
-    assert json.loads((tmp_path / PROMPT_FILE).read_text()) == {"prompt": "cues"}
+    assert json.loads((tmp_path / PROMPT_FILE).read_text()) == {"prompt": "cues", "grid_factor": 1}
     assert prompt_mode(tmp_path) == "cues"
     write_prompt_mode(tmp_path, "plain")
     assert prompt_mode(str(tmp_path)) == "plain"

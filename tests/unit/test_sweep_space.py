@@ -130,7 +130,9 @@ def test_demo_preset_plans(tmp_path):
     ("reasoning", "sft", {"target": {"reasoning", "answer"}, "seed": {0, 1}}),
     ("reasoning_gpu", "sft", {"target": {"reasoning", "answer"}, "seed": {0, 1}}),
     ("reward", "rl", {"reward.weights.value": {0.2, 0.4}, "loss.kl_coef": {0.02, 0.5}}),
-    ("reward_gpu", "rl", {"loss.kl_coef": {0.02, 0.1, 0.5}})])
+    ("reward_gpu", "rl", {"loss.kl_coef": {0.02, 0.1, 0.5}}),
+    ("grid", "sft", {"grid_factor": {1, 2, 4, 8}, "seed": {0, 1}}),
+    ("grid_gpu", "sft", {"grid_factor": {1, 2, 4, 8}, "seed": {0, 1}})])
 def test_ablation_presets_plan_every_arm_with_seeds(tmp_path, name, verb, arms):
     cfg = load_config(SweepConfig, ROOT / f"workflows/configs/sweep/{name}.yaml",
                       overrides=[f"output={tmp_path}"], verb="sweep")
