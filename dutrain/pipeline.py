@@ -25,7 +25,7 @@ from typing import Any, Callable
 from dutrain.config import VERBS, replace, to_dict
 from dutrain.config.pipeline import PIPELINE_STAGES, PipelineConfig
 from dutrain.config.secrets import redacted
-from dutrain.data.generate import is_finished, stage_inputs, unstage_inputs
+from dutrain.data.generate import is_finished, list_inputs
 from dutrain.errors import UserError
 from dutrain.io.storage import join
 from dutrain.runtime import preflight
@@ -232,16 +232,9 @@ def _compare_evals(job: StageJob, pid: str) -> StageJob:
 def run_pipeline(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None = None) -> dict:
     """Run the planned stages; returns {label: {"status", "seconds"}}. Raises PipelineError
     (a stage's user error) or StageFailed (a stage's non-zero exit code)."""
-    try:
-        return _run_stages(cfg, runner)
-    finally:
-        unstage_inputs()  # the sources the preflight listed, when no generate stage took them
-
-
-def _run_stages(cfg: PipelineConfig, runner: Callable[[str, Any], Any] | None) -> dict:
-    runner = runner or (lambda verb, c: VERBS[verb].run_fn()(c))
     jobs = plan(cfg)
-    preflight_pipeline(cfg)
+    sources = preflight_pipeline(cfg)
+    runner = runner or stage_runner(sources)
     forced = set(cfg.force)
     redo_from = min((PIPELINE_STAGES.index(s) for s in forced), default=len(PIPELINE_STAGES))
     results: dict[str, dict[str, Any]] = {}
@@ -334,16 +327,25 @@ def _summary(cfg: PipelineConfig, results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def preflight_pipeline(cfg: PipelineConfig) -> None:
+def stage_runner(sources: list[Any] | None = None) -> Callable[[str, Any], Any]:
+    """`runner(verb, config)`: the verb's own runner; generate's gets `sources`, the listing the
+    preflight checked, so it does not list and hash every photo again."""
+    def runner(verb: str, config: Any) -> Any:
+        if verb == "generate" and sources is not None:
+            return VERBS[verb].run_fn()(config, sources=sources)
+        return VERBS[verb].run_fn()(config)
+    return runner
+
+
+def preflight_pipeline(cfg: PipelineConfig) -> list[Any] | None:
     """What can be checked before Ray starts: the workdir and storage root, the tracking server,
     generate's sources, sft's starting model, and the dataset when generate does not run.
-    Generate's checked listing is kept for its stage, which does not list and hash again."""
+    Returns generate's checked listing (None without a generate stage), for its stage."""
     preflight.output_location("workdir", cfg.workdir)
     if cfg.storage_root:
         preflight.output_location("storage_root", cfg.storage_root, cfg.generate.storage)
     preflight.tracking(cfg.tracking)
-    if "generate" in cfg.stages:
-        stage_inputs(cfg.generate)
+    sources = list_inputs(cfg.generate) if "generate" in cfg.stages else None
     if "sft" in cfg.stages:
         preflight.model("sft.model", cfg.sft.model, cfg.sft.storage)
     else:
@@ -368,6 +370,7 @@ def preflight_pipeline(cfg: PipelineConfig) -> None:
         except UserError as exc:
             raise PipelineError(f"{exc} (the generate stage's output; add 'generate' to "
                                 f"'stages' or run it first)") from None
+    return sources
 
 
 def preflight_exists(uri: str) -> bool:

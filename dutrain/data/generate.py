@@ -60,38 +60,12 @@ class GenerateError(UserError):
 
 # ------------------------------------------------------------------------------------ inputs
 
-#: the listing `stage_inputs` checked last, under its key, until a `generate` takes it
-_STAGED: dict[tuple[Any, ...], list[SourceRef]] = {}
-
-
-def _inputs_key(cfg: GenerateConfig) -> tuple[Any, ...]:
-    return (tuple(str(s) for s in cfg.sources), cfg.require_photos, repr(cfg.storage),
-            str(photos.cache_dir()))
-
-
-def stage_inputs(cfg: GenerateConfig) -> list[SourceRef]:
+def list_inputs(cfg: GenerateConfig) -> list[SourceRef]:
     """List and check the sources of `cfg` before Ray starts (a bad source, or a packaged photo
-    missing or changed: one UserError line; with require_photos=false a warning) and keep the
-    listing: the next `generate` of the same sources in this process takes it instead of
-    listing and hashing every photo again (the pipeline's preflight stages, its generate stage
-    takes; `unstage_inputs` drops what no stage took)."""
-    refs = list_sources(cfg.sources, cfg.storage, not cfg.require_photos)  # a UserError
-    _STAGED.clear()
-    _STAGED[_inputs_key(cfg)] = refs
-    return refs
-
-
-def take_inputs(cfg: GenerateConfig) -> list[SourceRef]:
-    """The sources of `cfg` as `stage_inputs` checked them (taken: a later run lists afresh),
-    else listed and checked now."""
-    refs = _STAGED.pop(_inputs_key(cfg), None)
-    _STAGED.clear()
-    return list_sources(cfg.sources, cfg.storage, not cfg.require_photos) if refs is None \
-        else refs
-
-
-def unstage_inputs() -> None:
-    _STAGED.clear()
+    missing or changed: one UserError line; with require_photos=false a warning). The pipeline's
+    preflight lists them once and hands the listing to its generate stage (`generate(cfg,
+    sources)`), which then does not list and hash every photo again."""
+    return list_sources(cfg.sources, cfg.storage, not cfg.require_photos)  # a UserError
 
 
 @dataclass
@@ -398,8 +372,9 @@ def _quiet_ray_data(ray: Any) -> Iterator[None]:
         ctx.enable_progress_bars = before
 
 
-def generate(cfg: GenerateConfig) -> GenerateResult:
-    """Write (or finish writing) the dataset of `cfg`; raises GenerateError with what to change."""
+def generate(cfg: GenerateConfig, sources: list[SourceRef] | None = None) -> GenerateResult:
+    """Write (or finish writing) the dataset of `cfg`; raises GenerateError with what to change.
+    `sources`: `list_inputs(cfg)` when the caller has already listed them."""
     t_start = time.perf_counter()
     params = gen_params(cfg)
     fp = fingerprint(params)
@@ -407,9 +382,9 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     with preflight.s3_errors("output", cfg.output):
         root = Root(cfg.output, cfg.storage)
         plan = prepare_output(root, cfg, params, fp)
-    # sources are listed (a bad one refused) before Ray starts, once: the listing a preflight
-    # staged (`stage_inputs`) is taken; a resumed plan has its own list
-    refs = take_inputs(cfg) if plan is None else None
+    # sources are listed (a bad one refused) before Ray starts, once (a pipeline's preflight
+    # hands its listing over); a resumed plan has its own list
+    refs = (list_inputs(cfg) if sources is None else sources) if plan is None else None
     preflight.tracking(cfg.tracking)
     opts = s3_options(cfg.storage).get("client_kwargs", {})
     storage = {"endpoint_url": opts.get("endpoint_url"), "region": opts.get("region_name")}
@@ -480,8 +455,8 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     return GenerateResult(cfg.output, counts["rows"], rows_written, len(done), card)
 
 
-def run(cfg: GenerateConfig) -> int:
+def run(cfg: GenerateConfig, sources: list[SourceRef] | None = None) -> int:
     """CLI runner: 0 on success; a run that cannot start or finish raises GenerateError (a
-    UserError: one line, exit 2, printed by the CLI)."""
-    generate(cfg)
+    UserError: one line, exit 2, printed by the CLI). `sources`: as `generate`."""
+    generate(cfg, sources)
     return 0

@@ -158,6 +158,11 @@ class CueCache:
     def many(self, images: Sequence[Any]) -> list[dict[str, float]]:
         return [self(im) for im in images]
 
+    def for_prompt(self, images: Sequence[Any], mode: str) -> list[dict[str, float]] | None:
+        """What the encoders' `cues` takes in prompt `mode`: the images' cues, or None (plain
+        mode measures nothing)."""
+        return self.many(images) if check_prompt_mode(mode) == "cues" else None
+
 
 class Prompter:
     """`prompter(image)` → the prompt text for one request (the vLLM engine's). Plain mode

@@ -208,7 +208,7 @@ class LearnerWorker:
             images = [shard["image"][i] for i in idx]
             encs.append(encode_sequences(
                 self.processor, images, [shard["completion_ids"][i] for i in idx], self.prompt,
-                self.cues.many(images) if self.prompt == "cues" else None))
+                self.cues.for_prompt(images, self.prompt)))
         return micro, encs
 
     def _old_logprobs(self, encs: list[dict[str, Any]]) -> list[Any] | None:
@@ -273,7 +273,7 @@ class LearnerWorker:
     def greedy(self, images: list[Any], max_tokens: int) -> list[list[int]]:
         """transformers' greedy completions (token ids, prompt excluded) on the current weights."""
         enc = encode_prompts(self.processor, images, self.prompt,
-                             self.cues.many(images) if self.prompt == "cues" else None)
+                             self.cues.for_prompt(images, self.prompt))
         enc = {k: v.to(self.device) for k, v in enc.items()}
         if "mm_token_type_ids" not in enc:
             image_id = self.processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")

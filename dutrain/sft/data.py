@@ -5,7 +5,8 @@ The target is the model text of docs/design.md §5: reasoning that cites cues me
 degraded image (`dutrain.degrade.measure_cues` / `write_reasoning`), then the canonical answer.
 Cues are measured once per row here, in parallel Ray Data tasks, not per step. With `prompt:
 cues` the cue sentence is the prompt's (the measurement tool's line) and the target's reasoning
-keeps only the evidence part.
+keeps only the evidence part; the row then carries its cues (column `cues`, JSON) so the trainer
+prompts with the very numbers measured here instead of measuring them again.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ TARGETS = ("reasoning", "answer")
 
 
 def make_target(degraded_png: bytes, annotation: dict[str, Any] | str,
-                mode: str = "reasoning", prompt: str = "plain", grid_factor: int = 1) -> str:
+                mode: str = "reasoning", prompt: str = "plain", grid_factor: int = 1,
+                cues: dict[str, float] | None = None) -> str:
     """The assistant text for one sample (`mode` 'answer' leaves the reasoning empty). With
     `prompt` 'cues' the measured cues are the prompt's, and the reasoning does not restate them.
     `grid_factor` > 1: the answer's values are the true ones snapped to the grid that many times
-    coarser (docs/design.md §3, "Grid factor")."""
+    coarser (docs/design.md §3, "Grid factor"). `cues`: the image's, when already measured."""
     ann = json.loads(annotation) if isinstance(annotation, str) else annotation
     check_prompt_mode(prompt)
     if grid_factor != 1:
@@ -42,15 +44,21 @@ def make_target(degraded_png: bytes, annotation: dict[str, Any] | str,
         return render_answer(ann, "")
     if mode != "reasoning":
         raise ValueError(f"target mode {mode!r} unknown; allowed: {', '.join(TARGETS)}")
-    return render_answer(ann, write_reasoning(measure_cues(decode_png(degraded_png)), ann,
-                                              state_cues=prompt == "plain"))
+    if cues is None:
+        cues = measure_cues(decode_png(degraded_png))
+    return render_answer(ann, write_reasoning(cues, ann, state_cues=prompt == "plain"))
 
 
 def add_targets(batch: dict[str, Any], mode: str, prompt: str = "plain",
                 grid_factor: int = 1) -> dict[str, Any]:
-    """Ray Data batch function (numpy format): adds the `target` column."""
-    batch["target"] = np.array([make_target(p, a, mode, prompt, grid_factor) for p, a in
-                                zip(batch["degraded"], batch["annotation"])], dtype=object)
+    """Ray Data batch function (numpy format): adds the `target` column and, with `prompt`
+    'cues', the `cues` column (each row's measured cues as JSON, what its prompt states)."""
+    measure = mode == "reasoning" or prompt == "cues"
+    cues = [measure_cues(decode_png(p)) if measure else None for p in batch["degraded"]]
+    batch["target"] = np.array([make_target(p, a, mode, prompt, grid_factor, c) for p, a, c in
+                                zip(batch["degraded"], batch["annotation"], cues)], dtype=object)
+    if prompt == "cues":
+        batch["cues"] = np.array([json.dumps(c) for c in cues], dtype=object)
     return batch
 
 
@@ -83,7 +91,8 @@ def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: in
     ds = ds.map_batches(add_targets, fn_kwargs={"mode": mode, "prompt": prompt,
                                                 "grid_factor": grid_factor},
                         batch_format="numpy", batch_size=64)
-    ds = ds.select_columns(["sample_id", "degraded", "annotation", "target"]).materialize()
+    ds = ds.select_columns(["sample_id", "degraded", "annotation", "target",
+                            *(["cues"] if prompt == "cues" else [])]).materialize()
     n = ds.count()
     if n < num_shards:
         raise ConfigError(f"dataset '{root}' has {n} '{split}' rows; need at least one per "
@@ -96,7 +105,8 @@ def prepared_splits(root: str, split: str, mode: str, num_shards: int, limit: in
 def load_rows(iterator: Any) -> list[dict[str, Any]]:
     """All rows of a worker's shard, sorted by sample_id (order independent of block layout)."""
     rows = [{"sample_id": str(r["sample_id"]), "degraded": bytes(r["degraded"]),
-             "annotation": str(r["annotation"]), "target": str(r["target"])}
+             "annotation": str(r["annotation"]), "target": str(r["target"]),
+             **({"cues": json.loads(r["cues"])} if "cues" in r else {})}
             for r in iterator.iter_rows()]
     rows.sort(key=lambda r: r["sample_id"])
     return rows

@@ -100,7 +100,8 @@ def publish(local_dir: str | os.PathLike, uri: str, storage: Any = None) -> None
 
 class Batcher:
     """Decoded images + targets → model inputs on the device, prompted in `prompt` mode (cues
-    mode: each row's cues are measured once, on first use)."""
+    mode: each row's `cues` as data preparation measured them, else measured once, on first
+    use)."""
 
     def __init__(self, processor: Any, rows: list[dict[str, Any]], device: Any,
                  prompt: str = "plain"):
@@ -115,7 +116,7 @@ class Batcher:
         if self.prompt == "cues":
             for i, im in zip(idx, images):
                 if i not in self._cues:
-                    self._cues[i] = image_cues(im)
+                    self._cues[i] = self.rows[i].get("cues") or image_cues(im)
             cues = [self._cues[i] for i in idx]
         b = encode_sft(self.processor, images, [r["target"] for r in rows], mode=self.prompt,
                        cues=cues)

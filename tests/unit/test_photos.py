@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from dutrain.config import load_config
-from dutrain.config.generate import GenerateConfig
 from dutrain.data import generate as gen
 from dutrain.data import photos
 from dutrain.data.plan import split_of
@@ -96,20 +95,26 @@ def test_state_is_the_one_check_of_a_cached_photo(tmp_path):
         [photos.OK, photos.CHANGED, photos.MISSING]
 
 
-def test_sources_staged_by_the_preflight_are_listed_and_hashed_once(tmp_path, monkeypatch):
+def test_the_pipeline_lists_and_hashes_the_sources_once_and_hands_them_to_generate(
+        tmp_path, monkeypatch):
+    from dutrain.config.pipeline import PipelineConfig
+    from dutrain.pipeline import preflight_pipeline, stage_runner
+
     monkeypatch.setenv("DUTRAIN_PHOTOS_DIR", str(tmp_path))
     _fake_cache(tmp_path, photos.photo_entries("palapeli"))
     hashed, sha256 = [], photos._sha256
     monkeypatch.setattr(photos, "_sha256", lambda data: hashed.append(1) or sha256(data))
-    cfg = load_config(GenerateConfig, overrides=["sources=[photos:palapeli,builtin]"])
-    refs = gen.stage_inputs(cfg)  # the pipeline's preflight, before Ray starts
-    assert len(hashed) == 5
-    assert gen.take_inputs(cfg) == refs and len(hashed) == 5  # generate: not again
-    assert gen.take_inputs(cfg) == refs and len(hashed) == 10  # taken once: a later run lists
-    gen.stage_inputs(cfg)
-    other = load_config(GenerateConfig, overrides=["sources=[photos:palapeli]"])
-    assert len(gen.take_inputs(other)) == 5 and len(hashed) == 20  # other sources: listed
-    assert gen.take_inputs(cfg) == refs and len(hashed) == 25  # and the staged one dropped
+    cfg = load_config(PipelineConfig, overrides=[
+        f"workdir={tmp_path / 'w'}", "stages=[generate]", "tracking.enabled=false",
+        "generate.sources=[photos:palapeli,builtin]"], verb="pipeline")
+    refs = preflight_pipeline(cfg)  # before Ray starts
+    assert len(hashed) == 5 and refs == gen.list_inputs(cfg.generate) and len(hashed) == 10
+    got: list[object] = []
+    monkeypatch.setattr(gen, "generate", lambda c, sources=None: got.append(sources))
+    stage_runner(refs)("generate", cfg.generate)  # the stage takes the listing: no new hashing
+    assert got == [refs] and len(hashed) == 10
+    stage_runner(None)("generate", cfg.generate)  # nothing listed: generate lists itself
+    assert got[-1] is None
 
 
 def test_attribution_lists_license_and_author_of_the_photos_used_only():

@@ -94,6 +94,26 @@ def test_cues_mode_moves_the_cue_sentence_from_target_to_prompt(processor):
         make_target(png, ann, prompt="tool")
 
 
+def test_sft_rows_carry_their_cues_and_the_trainer_prompts_with_them(processor):
+    import torch
+
+    from dutrain.sft.data import add_targets
+    from dutrain.sft.loop import Batcher
+
+    imgs, anns = zip(*(_degraded(s) for s in range(3)))
+    batch = {"degraded": np.array([_png(i) for i in imgs], dtype=object),
+             "annotation": np.array([json.dumps(a) for a in anns], dtype=object)}
+    cued = add_targets(dict(batch), "reasoning", "cues")
+    assert [json.loads(c) for c in cued["cues"]] == [measure_cues(i) for i in imgs]
+    assert "cues" not in add_targets(dict(batch), "reasoning", "plain")  # plain: no column
+    # the trainer states the row's cues (measured once, above), never measures them again
+    given = {**measure_cues(imgs[0]), "noise": 12.345}
+    assert tool_line(given) != tool_line(measure_cues(imgs[0]))
+    rows = [{"degraded": _png(imgs[0]), "target": "t", "cues": given}]
+    ids = Batcher(processor, rows, torch.device("cpu"), "cues")([0])["input_ids"][0]
+    assert tool_line(given) in processor.tokenizer.decode(ids)
+
+
 def test_engine_prompter_plain_is_the_shared_prompt_and_cues_is_per_image(processor):
     (a, _), (b, _) = _degraded(0), _degraded(1)
     plain = Prompter(processor)
