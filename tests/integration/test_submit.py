@@ -191,3 +191,41 @@ def test_bad_verb_config_fails_before_upload(ray_head, client_env):
     assert r.returncode == 2
     assert "unknown key 'sampels' for 'generate' (did you mean 'samples'?)" in r.stderr
     assert "entrypoint:" not in r.stderr
+
+
+def test_submit_sweep_runs_its_trials_on_the_cluster_and_tracks_them(ray_head, client_env,
+                                                                      tmp_path, mlflow_server):
+    """`dutrain submit sweep`: the sweep's driver is the job, its Tune trials run on the head's
+    cluster, the MLflow tree (parent + a child per trial) and the results land as locally."""
+    from mlflow import MlflowClient
+
+    data, exp = tmp_path / "data", f"submit-sweep-{secrets.token_hex(4)}"
+    gen = tmp_path / "gen.yaml"
+    gen.write_text("samples: 96\nimage_size: 32\nvariants_per_crop: 2\nrows_per_shard: 48\n"
+                   "ood_fraction: 0\npreview_pairs: 0\nprogress: false\ntracking:\n"
+                   "  enabled: false\n")
+    r = dutrain_submit(["generate", "--address", ray_head["url"], "--config", str(gen),
+                        f"output={data}", "--follow"], client_env, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    MlflowClient(mlflow_server).create_experiment(exp)
+    sweep = tmp_path / "sweep.yaml"  # relative `base`: the shipped checkout's own file
+    sweep.write_text(f"verb: eval\nbase: workflows/configs/eval/baseline_prior.yaml\n"
+                     f"overrides:\n  dataset: {data}\n  splits: [train]\n  plots: false\n"
+                     f"space:\n  limit: {{grid: [4, 8]}}\nmetric: train/type_exact\n"
+                     f"max_concurrent: 1\ncpus_per_trial: 0.5\n")
+    out = tmp_path / "out"
+    r = dutrain_submit(["sweep", "--address", ray_head["url"], "--config", str(sweep),
+                        f"output={out}", f"tracking.uri={mlflow_server}",
+                        f"tracking.experiment={exp}", "--follow"], client_env, timeout=480)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "ended: SUCCEEDED" in r.stderr  # the job's own output is followed on stdout
+    assert "2 finished, 0 stopped early, 0 failed" in r.stdout
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name(exp).experiment_id])
+    [parent] = [x for x in runs if x.data.tags.get("dutrain.stage") == "sweep"]
+    kids = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(k.data.params["limit"] for k in kids) == ["4", "8"]
+    assert all(k.info.status == "FINISHED" and "train/type_exact" in k.data.metrics
+               for k in kids)
+    assert (out / "sweep.md").is_file() and parent.data.metrics["sweep/finished"] == 2
+    assert TOKEN not in r.stdout + r.stderr
