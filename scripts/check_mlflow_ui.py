@@ -88,6 +88,18 @@ def _chromium_version(chromium: str) -> str:
     return out.stdout.strip()
 
 
+#: how long the server may take to answer: its uvicorn process imports the whole MLflow app,
+#: measured at 100 s with the 2 cores loaded 15-fold (and over 180 s at 20-fold)
+SERVER_START_S = 300
+
+
+def memory_tmp() -> str | None:
+    """/dev/shm when it is there (else the default temp dir): the server creates its SQLite
+    store with one fsync per migration, which on a disk busy with other jobs took over 3 min."""
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
 def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     log = open(workdir / "server.log", "w")  # noqa: SIM115 - closed with the process
@@ -98,7 +110,7 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
     log.close()
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
+    deadline = time.time() + SERVER_START_S
     while time.time() < deadline:
         if proc.poll() is not None:
             raise CheckError(f"mlflow server exited with {proc.returncode}: "
@@ -111,7 +123,7 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
             pass
         time.sleep(1)
     stop_server(proc)
-    raise CheckError("mlflow server did not answer /health within 180 s")
+    raise CheckError(f"mlflow server did not answer /health within {SERVER_START_S} s")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -213,7 +225,7 @@ def run_check(out: Path | None = None, chromium: str | None = None) -> dict[str,
     browser = find_chromium(chromium)
     if browser is None:
         raise CheckError(f"no Chromium on PATH (looked for {', '.join(CHROMIUM_NAMES)})")
-    workdir = Path(tempfile.mkdtemp(prefix="dutrain-mlflow-ui-"))
+    workdir = Path(tempfile.mkdtemp(prefix="dutrain-mlflow-ui-", dir=memory_tmp()))
     shots = Path(out) if out else workdir
     shots.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"chromium": _chromium_version(browser),

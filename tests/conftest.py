@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -75,11 +76,16 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 (SQLite backend, local artifacts)."""
+    """A real MLflow tracking server on 127.0.0.1 (SQLite backend in /dev/shm where there is one:
+    creating the store fsyncs once per migration, minutes on a disk busy with other jobs; local
+    artifacts)."""
     d = tmp_path_factory.mktemp("mlflow")
+    shm = Path("/dev/shm")
+    db = Path(tempfile.mkdtemp(prefix="dutrain-mlflow-", dir=shm)) if shm.is_dir() and \
+        os.access(shm, os.W_OK) else d
     port = free_port()
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db / 'mlflow.db'}",
          "--default-artifact-root", str(d / "artifacts"), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
         stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
@@ -89,6 +95,8 @@ def mlflow_server(tmp_path_factory):
         yield uri
     finally:
         _stop(proc)
+        if db != d:
+            shutil.rmtree(db, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
