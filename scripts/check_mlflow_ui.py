@@ -107,7 +107,9 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
         [*_mlflow_cmd(), "server", "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
          "--default-artifact-root", str(workdir / "artifacts"), "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir,
+        # no job runner: seven Huey consumer processes for GenAI jobs that the UI check never uses
+        env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     log.close()
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + SERVER_START_S
