@@ -89,14 +89,6 @@ def score_sample(sample_id: str, split: str, completion: str | None,
                   grid_factor=grid_factor)
 
 
-def step_at(type_name: str, key: str, value: float, grid_factor: int = 1) -> float:
-    """The grid step around `value` (Poisson's peak is finer below 10 at factor 1)."""
-    p = taxonomy_at(grid_factor)[type_name].param(key)
-    if p.fine_below is not None and value < p.fine_below:
-        return float(p.fine_step)
-    return float(p.step)
-
-
 def _f1(tp: int, fp: int, fn: int) -> float | None:
     denom = 2 * tp + fp + fn
     return 2 * tp / denom if denom else None
@@ -147,8 +139,7 @@ def split_metrics(split: str, scored: Iterable[Scored]) -> dict[str, float]:
                 continue
             errs[f"{m.type}.{m.key}"].append(m.error)
             p = taxonomy_at(r.grid_factor)[m.type].param(m.key)
-            within.append(p.distance(m.pred, m.true)
-                          <= step_at(m.type, m.key, m.true, r.grid_factor) + 1e-6)
+            within.append(p.distance(m.pred, m.true) <= p.step_at(m.true) + 1e-6)
             floor.append(min(1.0, p.distance(p.snap(m.true), m.true) / p.width))
     all_errs = [e for v in errs.values() for e in v]
     if all_errs:

@@ -61,7 +61,8 @@ class ParamSpec:
         """Scale of the value error: the width of the train range (docs/design.md §6)."""
         return self.train[1] - self.train[0]
 
-    def _step_at(self, v: float) -> float:
+    def step_at(self, v: float) -> float:
+        """The grid step around `v` (Poisson's peak is finer below 10 at factor 1)."""
         if self.fine_below is not None and v < self.fine_below:
             return float(self.fine_step)
         return self.step
@@ -78,7 +79,7 @@ class ParamSpec:
         lo, hi = self.valid
         if clamp:
             v = min(max(v, lo), hi)
-        step = self._step_at(v)
+        step = self.step_at(v)
         snapped = round(v / step) * step
         if self.fine_below is not None and v < self.fine_below <= snapped:
             snapped = self.fine_below
@@ -91,7 +92,7 @@ class ParamSpec:
         v = float(value)
         if not math.isfinite(v):
             return False
-        step = self._step_at(v)
+        step = self.step_at(v)
         k = v / step
         return abs(k - round(k)) < 1e-6
 
@@ -107,10 +108,10 @@ class ParamSpec:
         out: list[Number] = []
         v = self.snap(lo, clamp=False)
         if v < lo - 1e-9:
-            v = self._fmt(v + self._step_at(v))
+            v = self._fmt(v + self.step_at(v))
         while v <= hi + 1e-9:
             out.append(v)
-            v = self._fmt(v + self._step_at(v))
+            v = self._fmt(v + self.step_at(v))
         return out
 
     def grid_for(self, split: str) -> list[Number]:

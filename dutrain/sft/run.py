@@ -98,11 +98,12 @@ def run(cfg: SFTConfig) -> int:
         model_dir = str(resolve_model(cfg.model, storage=cfg.storage,
                                       tiny=cfg.tiny.spec() if cfg.model == "tiny" else None))
         # a model trained here in the other mode: allowed (this run sets the mode), but said
-        if Path(model_dir, PROMPT_FILE).is_file() and prompt_mode(model_dir) != cfg.prompt:
-            print(f"note: model '{cfg.model}' was trained with prompt={prompt_mode(model_dir)}; "
+        mode, grid = prompt_mode(model_dir), answer_grid(model_dir)
+        if Path(model_dir, PROMPT_FILE).is_file() and mode != cfg.prompt:
+            print(f"note: model '{cfg.model}' was trained with prompt={mode}; "
                   f"this run trains (and records) prompt={cfg.prompt}", file=sys.stderr)
-        if answer_grid(model_dir) != cfg.grid_factor:
-            print(f"note: model '{cfg.model}' answers on grid factor {answer_grid(model_dir)}; "
+        if grid != cfg.grid_factor:
+            print(f"note: model '{cfg.model}' answers on grid factor {grid}; "
                   f"this run trains (and records) grid_factor={cfg.grid_factor}", file=sys.stderr)
     if not cfg.resume:
         with preflight.s3_errors("output", output):
