@@ -27,7 +27,7 @@ class BackendConfig:
     eps: float = option(0.05, "ddnm: blur frequencies with |PSF spectrum| < eps are left to the "
                               "model (the pseudo-inverse's regularisation)", min=1e-6, max=0.99)
     device: str = option("auto", "ddnm: torch device", choices=("auto", "cpu", "cuda"))
-    seed: int = option(0, "ddnm: sampling seed", min=0)
+    seed: int = option(0, "sampling seed (ddnm; the judge's random-valued steps)", min=0)
     plan: str = option("plain", "plain: apply every predicted step; controlled: skip steps whose "
                                 "confidence is below a threshold calibrated on the val split "
                                 "and roll back steps the classical estimators reject "
@@ -48,6 +48,20 @@ class BackendConfig:
                                    min=0, max=16)
     calibration_limit: int = option(300, "controlled: val rows the thresholds are calibrated on",
                                     min=1)
+    judge: str | None = option(None, "controlled: a judge.json of an earlier run (default: fit "
+                                     "the judge on 'judge_rows' train rows)")
+    judge_rows: int = option(120, "controlled: train rows of 'calibration' (or the input dataset) "
+                                  "the judge learns from (every restoring step applied to each, "
+                                  "its PSNR gain recorded); 0 = no judge, the hand rules only",
+                             min=0)
+    judge_draws: int = option(2, "controlled: random-valued steps per type and train row besides "
+                                 "the classical estimators' values (the judge must see wrong "
+                                 "steps)", min=0, max=16)
+    judge_quantile: float = option(0.2, "controlled: the quantile of a step's PSNR gain the judge "
+                                        "predicts (below 0.5: cautious, a step must gain even "
+                                        "where the judge errs against it)", min=0.01, max=0.99)
+    judge_margin: float = option(0.5, "controlled: keep a step only if the judge predicts a PSNR "
+                                      "gain above this many dB")
 
     def validate(self) -> None:
         if self.backend == "ddnm" and not self.model:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,8 @@ from dutrain.degrade import to_float, to_rgb_uint8, to_uint8
 from dutrain.errors import UserError
 from dutrain.schema import TAXONOMY, TYPES
 
-from .classical import INVERSES, PlanStep, State, plan
+from .classical import PlanStep, State, plan
+from .judge import Judge, apply_step
 
 #: a step fails the check when the noise estimate (DN) rises by more than this factor + 1 DN
 NOISE_RISE = 1.5
@@ -70,10 +72,14 @@ class StepRecord:
     action: str  # applied | skipped | rolled_back | failed
     reason: str = ""
     alternative_to: str = ""  # an alternative tried after the step of this type failed
+    judged: float | None = None  # the judge's predicted PSNR gain (dB), when a judge ran
 
     def to_json(self) -> dict[str, Any]:
         out = {"type": self.type, "params": self.params, "score": _num(self.score),
                "threshold": _num(self.threshold), "action": self.action, "reason": self.reason}
+        if self.judged is not None:
+            out["judged"] = _num(round(self.judged, 3) if math.isfinite(self.judged)
+                                 else self.judged)
         if self.alternative_to:
             out["alternative_to"] = self.alternative_to
         return out
@@ -183,7 +189,8 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
             scores: Mapping[str, float] | None, thresholds: Mapping[str, float | None],
             calibration: Mapping[str, Any], measure: Measure,
             before: Mapping[str, float] | None = None,
-            alternatives: Alternatives | None = None, budget: int = 0) -> Outcome:
+            alternatives: Alternatives | None = None, budget: int = 0,
+            judge: Judge | None = None, margin: float = 0.0) -> Outcome:
     """Restore one image step by step under the guard of the module doc.
 
     `scores`: type → confidence (None: no confidence, every step is skipped); `thresholds`:
@@ -193,7 +200,10 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
     `alternatives`: for a step the check rolled back (or whose operator failed), the steps to
     try in its place, most likely first (another type of the same stage, other values); at most
     `budget` are tried per image, each under the failed step's confidence against its own
-    type's threshold, checked like any step; the first that passes is kept."""
+    type's threshold, checked like any step; the first that passes is kept.
+
+    `judge`: after the hand rules pass, a step is kept only if the judge predicts a PSNR gain
+    above `margin` dB from the readings before and after it."""
     img = to_rgb_uint8(image_uint8)
     out = Outcome(img)
     if annotation is None:
@@ -222,22 +232,20 @@ def control(image_uint8: np.ndarray, annotation: Mapping[str, Any] | None,
         """Run one step and check it: (image, uint8 image, reading) to keep, or None with the
         record's action and reason set (`st.sigma` restored)."""
         saved_sigma = st.sigma
-        try:
-            with np.errstate(all="ignore"):
-                y = INVERSES[s.type](x, s.params, st)
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError, IndexError) as exc:
+        y, why = apply_step(x, s.type, s.params, st)
+        if y is None:
             st.sigma = saved_sigma
-            rec.action, rec.reason = "failed", f"operator failed: {exc}"
+            rec.action, rec.reason = "failed", why
             return None
-        if y.shape != x.shape or not np.all(np.isfinite(y)):
-            st.sigma = saved_sigma
-            rec.action, rec.reason = "failed", "non-finite or misshaped result"
-            return None
-        y = np.clip(y, 0, 1).astype(np.float32)
         y_u8 = to_uint8(y)
         after = dict(measure(y_u8))
         amp = st.sigma / saved_sigma if saved_sigma > 0 else 1.0
         ok, why = check_step(s.type, cur_feats, after, calibration, s.params, amp)
+        if ok and judge is not None:
+            rec.judged = judge.gain(s.type, s.params, cur_feats, after)
+            if not rec.judged > margin:
+                ok, why = False, (f"the judge predicts {rec.judged:+.2f} dB (needs > "
+                                  f"{margin:+.2f})")
         if not ok:
             st.sigma = saved_sigma
             rec.action, rec.reason = "rolled_back", why
@@ -463,6 +471,9 @@ class Controlled:
     budget: int = 0  # restore.max_alternatives
     tried: int = 0  # alternatives tried over all images
     predict_seconds: float = 0.0  # the predictor's seconds per image read (val rows included)
+    judge: Judge | None = None  # the learned check (restore.judge_rows / restore.judge)
+    margin: float = 0.0  # restore.judge_margin
+    judge_seconds: float = 0.0  # collecting the judge's records and fitting it
 
     def alternatives(self, name: str) -> Alternatives | None:
         """For a failed step of one image: the other types of its stage in the classical
@@ -499,7 +510,8 @@ class Controlled:
 
         o = control(image, annotation, self.scores.get(name), self.thresholds, self.calibration,
                     counted, before=self.feats.get(name),
-                    alternatives=self.alternatives(name), budget=self.budget)
+                    alternatives=self.alternatives(name), budget=self.budget,
+                    judge=self.judge, margin=self.margin)
         self.seconds += time.perf_counter() - t0
         self.checks += calls[0]
         self.tried += o.alternatives
@@ -548,6 +560,32 @@ def _predict(cfg: Any, base: Any, images: Sequence[np.ndarray]
     return ([t for t, _, _ in outs], [type_confidences(t, p, lp) for t, p, lp in outs], feats)
 
 
+def _judge(cfg: Any, base: Any) -> Judge | None:
+    """The judge of `restore.judge` (a judge.json), else one fitted on `restore.judge_rows` train
+    rows of `calibration` (else the input dataset); None with judge_rows=0."""
+    if cfg.restore.judge:
+        return Judge.load(cfg.restore.judge, cfg.restore.judge_quantile)
+    if cfg.restore.judge_rows <= 0:
+        return None
+    from dutrain.io.dataset import decode_png, read_table
+
+    from .judge import judge_records
+    root = str(cfg.calibration or cfg.input)
+    rows = read_table(root, ["train"], ["degraded", "clean", "annotation"],
+                      cfg.restore.judge_rows, cfg.storage).to_pylist()
+    if not rows:
+        raise UserError(f"restore.plan=controlled fits its judge on the train split, and dataset "
+                        f"'{root}' has no train rows (set restore.judge=PATH or "
+                        f"restore.judge_rows=0)")
+    pairs = [(decode_png(r["degraded"]), decode_png(r["clean"]), json.loads(r["annotation"]))
+             for r in rows]
+    records = judge_records(pairs, base.params_for, reading, cfg.restore.judge_draws,
+                            cfg.restore.seed, workers=min(os.cpu_count() or 1, 8, len(rows)),
+                            progress="judge: every step on train rows")
+    return Judge(records, f"{root} train ({len(rows)} rows)",
+                 quantile=cfg.restore.judge_quantile)
+
+
 def _val_rows(cfg: Any) -> tuple[list[Any], str]:
     from dutrain.io.dataset import read_table
     root = str(cfg.calibration or cfg.input)
@@ -563,19 +601,25 @@ def prepare(cfg: Any, items: Sequence[Any], out_dir: Path) -> Controlled:
     """Predict every item (filling `predicted`, `completion`) with its scores and the
     estimators' reading, and load or calibrate the thresholds (written to thresholds.json).
     A VLM is served once for the val rows and the items together."""
+    import time
+
     from dutrain.io.dataset import decode_png
     from dutrain.schema import parse_answer
 
     base = _baseline(cfg)
     name = SCORE_NAME if cfg.model == "baseline:classical" else VLM_SCORE_NAME
     ctl = Controlled(base.calibration, {}, "", name, base=base,
-                     budget=cfg.restore.max_alternatives)
+                     budget=cfg.restore.max_alternatives, margin=cfg.restore.judge_margin)
+    t0 = time.perf_counter()
+    ctl.judge = _judge(cfg, base)
+    ctl.judge_seconds = time.perf_counter() - t0
+    if ctl.judge is not None:
+        ctl.judge.save(out_dir / "judge.json")
     val: list[tuple[np.ndarray, np.ndarray]] = []
     root = ""
     if not cfg.restore.thresholds:
         rows, root = _val_rows(cfg)
         val = [(decode_png(r["degraded"]), decode_png(r["clean"])) for r in rows]
-    import time
     t0 = time.perf_counter()
     texts, scores, feats = _predict(cfg, base, [d for d, _ in val]
                                     + [it.degraded for it in items])
@@ -590,7 +634,8 @@ def prepare(cfg: Any, items: Sequence[Any], out_dir: Path) -> Controlled:
         ctl.source = str(cfg.restore.thresholds)
     else:
         ctl.thresholds, counts = calibrate_on_val(base.calibration, val, texts[:len(val)],
-                                                  scores[:len(val)], feats[:len(val)])
+                                                  scores[:len(val)], feats[:len(val)],
+                                                  ctl.judge, ctl.margin)
         ctl.source = f"{root} val ({len(val)} rows)"
     save_thresholds(out_dir / "thresholds.json", ctl.thresholds, counts, name, ctl.source)
     return ctl
@@ -598,11 +643,15 @@ def prepare(cfg: Any, items: Sequence[Any], out_dir: Path) -> Controlled:
 
 def calibrate_on_val(calibration: Mapping[str, Any], val: Sequence[tuple[np.ndarray, np.ndarray]],
                      texts: Sequence[str], scores: Sequence[Mapping[str, float]],
-                     feats: Sequence[Mapping[str, float]]
-                     ) -> tuple[dict[str, float], dict[str, int]]:
+                     feats: Sequence[Mapping[str, float]], judge: Judge | None = None,
+                     margin: float = 0.0) -> tuple[dict[str, float], dict[str, int]]:
     """Thresholds from val rows ((degraded, clean) with the predictor's completion, scores and
     reading): every predicted step applied alone to the degraded image under the check, its PSNR
-    gain against clean recorded with its score."""
+    gain against clean recorded with its score.
+
+    With a judge the check includes it, and only the steps it keeps are recorded: a threshold
+    then cuts where the predictor's confidence separates the kept steps that gained from those
+    that lost, and a type with no kept val step gets none (the judge alone decides)."""
     from dutrain.schema import parse_answer
 
     from .run import psnr
@@ -616,12 +665,15 @@ def calibrate_on_val(calibration: Mapping[str, Any], val: Sequence[tuple[np.ndar
         for d in ann["degradations"]:  # each step alone on the degraded image, checked
             if d["type"] not in sc:
                 continue
-            o = control(deg, {"degradations": [d]}, sc, {}, calibration, reading, before=f)
+            o = control(deg, {"degradations": [d]}, sc, {}, calibration, reading, before=f,
+                        judge=judge, margin=margin)
+            if judge is not None and not o.touched:
+                continue
             records.append((d["type"], sc[d["type"]], psnr(clean, o.image) - ident))
     counts: dict[str, int] = {}
     for t, _, _ in records:
         counts[t] = counts.get(t, 0) + 1
-    return calibrate_thresholds(records, TYPES), counts
+    return calibrate_thresholds(records, TYPES if judge is None else ()), counts
 
 
 def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
@@ -645,9 +697,13 @@ def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
                "restore/controlled/alternatives_per_image": ctl.tried / n,
                "restore/controlled/alternatives_kept": float(kept),
                "restore/controlled/touched": touched / n}
+    if ctl.judge is not None:
+        metrics["restore/controlled/judge_seconds"] = ctl.judge_seconds
+        metrics["restore/controlled/judge_records"] = float(len(ctl.judge.records))
     lines = ["## Controlled plan", "",
              f"thresholds ({ctl.score_name}) from {ctl.source}: "
-             + ", ".join(f"{t} {v:.3g}" for t, v in sorted(ctl.thresholds.items())), "",
+             + (", ".join(f"{t} {v:.3g}" for t, v in sorted(ctl.thresholds.items()))
+                or "none (no step the judge kept on val; the judge alone decides)"), "",
              f"touched {touched} of {len(items)} images; one predictor call per image, "
              f"{ctl.checks / n:.2f} estimator passes per image for the checks (besides the "
              f"one reading that predicts); "
@@ -661,6 +717,15 @@ def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
         for s in o.steps:
             actions[s.action] = actions.get(s.action, 0) + 1
     lines += ["steps: " + ", ".join(f"{k} {v}" for k, v in sorted(actions.items())), ""]
+    if ctl.judge is not None:
+        judged = sum(1 for o in ctl.outcomes.values() for s in o.steps
+                     if s.action == "rolled_back" and s.reason.startswith("the judge"))
+        lines += [f"judge: {len(ctl.judge.records)} steps from {ctl.judge.source} "
+                  f"({ctl.judge_seconds:.0f} s to collect and fit), quantile "
+                  f"{ctl.judge.quantile:g}, margin {ctl.margin:+g} dB; it rolled back {judged} "
+                  f"step(s) the hand rules passed. Share of its training steps that gained: "
+                  + ", ".join(f"{t} {v['gained']:.0%}" for t, v in ctl.judge.summary().items()),
+                  ""]
     paired = [it for it in items if it.clean is not None and "identity" in it.restored]
     if paired:
         ident = {it.name: psnr(it.clean, it.restored["identity"]) for it in paired}

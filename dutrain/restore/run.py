@@ -468,7 +468,7 @@ def _run(cfg: RestoreConfig) -> int:
                 (("report.md",) if res["report"] else ()) + \
                 (("rejected.jsonl",) if res["rejected"] else ()):
             run.log_artifact(out / name)
-        for name in ("thresholds.json", "controller.jsonl", "risk_coverage.json",
+        for name in ("thresholds.json", "judge.json", "controller.jsonl", "risk_coverage.json",
                      "risk_coverage.png"):  # restore.plan=controlled
             if cfg.restore.plan == "controlled" and (out / name).is_file():
                 run.log_artifact(out / name)

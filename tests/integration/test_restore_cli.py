@@ -88,7 +88,7 @@ def test_dataset_split_with_the_classical_baseline_logs_to_mlflow(tmp_path, mlfl
     assert run.data.metrics["test/psnr/oracle"] == m["test/psnr/oracle"]
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"grid.png", "metrics.json", "report.md", "annotations.jsonl", "thresholds.json",
-            "controller.jsonl", "risk_coverage.json", "risk_coverage.png"} <= arts
+            "judge.json", "controller.jsonl", "risk_coverage.json", "risk_coverage.png"} <= arts
     assert run.data.metrics["test/psnr/controlled"] == m["test/psnr/controlled"]
 
 
@@ -145,10 +145,16 @@ def test_controlled_plan_with_the_classical_baseline(tmp_path):
     report = (out / "report.md").read_text()
     assert "PSNR controlled" in report and "| share touched |" in report
     assert "## Gap to the oracle" in report and "| oracle_type |" in report
-    # the stored thresholds are reused as they are
+    # the judge learnt from every train row (40 < restore.judge_rows) and checked the steps
+    judge = json.loads((out / "judge.json").read_text())
+    assert "train (40 rows)" in judge["source"] and len(judge["records"]) > 40 * 10
+    assert "judge: " in report and m["restore/controlled/judge_records"] == len(judge["records"])
+    assert all("judged" in s for r in rows for s in r["steps"] if s["action"] == "applied")
+    # the stored thresholds and judge are reused as they are
     again = tmp_path / "again"
     assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
                  "restore.plan=controlled", f"restore.thresholds={out / 'thresholds.json'}",
+                 f"restore.judge={out / 'judge.json'}",
                  f"output={again}", "tracking.enabled=false", "calibration_samples=40"]) == 0
     m2 = json.loads((again / "metrics.json").read_text())
     assert m2["test/psnr/controlled"] == m["test/psnr/controlled"]
@@ -171,6 +177,12 @@ def test_controlled_plan_thresholds_file_must_exist(tmp_path, capsys):
                  "restore.plan=controlled", f"restore.thresholds={tmp_path / 'nope.json'}",
                  f"output={tmp_path / 'o'}", "tracking.enabled=false"]) == 2
     assert "restore.thresholds" in capsys.readouterr().err
+    (tmp_path / "judge.json").write_text("{}")
+    assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
+                 "restore.plan=controlled", f"restore.judge={tmp_path / 'judge.json'}",
+                 f"output={tmp_path / 'o3'}", "tracking.enabled=false"]) == 2
+    err = capsys.readouterr().err
+    assert "restore.judge" in err and "not usable" in err
     # no val split to calibrate on and no thresholds file: one line, exit 2
     assert main(["restore", f"input={root}", "split=test", "model=baseline:classical",
                  "restore.plan=controlled", f"output={tmp_path / 'o2'}",
