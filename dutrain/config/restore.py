@@ -50,7 +50,7 @@ class BackendConfig:
                                     min=1)
     judge: str | None = option(None, "controlled: a judge.json of an earlier run (default: fit "
                                      "the judge on 'judge_rows' train rows)")
-    judge_rows: int = option(120, "controlled: train rows of 'calibration' (or the input dataset) "
+    judge_rows: int = option(400, "controlled: train rows of 'calibration' (or the input dataset) "
                                   "the judge learns from (every restoring step applied to each, "
                                   "its PSNR gain recorded); 0 = no judge, the hand rules only",
                              min=0)

@@ -34,6 +34,7 @@ SMALL = [
     "rl.mode=sync", "rl.rollout.max_tokens=64",
     "eval.limit=6", "eval.generation.max_tokens=64", "eval.calibration_samples=40",
     "restore.limit=3", "restore.generation.max_tokens=64", "restore.calibration_samples=40",
+    "restore.restore.judge_rows=12",
 ]
 
 
