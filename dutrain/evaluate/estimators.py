@@ -65,16 +65,21 @@ def jpeg_estimate(rgb: np.ndarray, qualities: tuple[int, int] = (5, 95)) -> tupl
     c = block_dct(rgb)
     if c.shape[0] == 0:
         return 0.0, 0.0
-    coef = np.stack([c[:, u, v] for u, v in _LOW_FREQ], axis=1)  # blocks x K
-    need = max(16, coef.shape[0] // 8)
+    coef = np.stack([c[:, u, v] for u, v in _LOW_FREQ], axis=1).T  # K x blocks
+    mag = np.abs(coef)
+    need = max(16, c.shape[0] // 8)
     best_q, best = 0, 0.0
+    # neighbouring qualities share most table entries: each (coefficient, step) is scored once
+    seen: dict[tuple[int, float], float | None] = {}
     for q in range(qualities[0], qualities[1] + 1):
         s = []
         for k, (u, v) in enumerate(_LOW_FREQ):
             t = _TABLES[q - 1, u, v]
-            x = coef[:, k][np.abs(coef[:, k]) >= t / 2]
-            if x.size >= need:
-                s.append(np.cos(2 * np.pi * x / t).mean())
+            if (k, t) not in seen:
+                x = coef[k][mag[k] >= t / 2]
+                seen[k, t] = np.cos(2 * np.pi * x / t).mean() if x.size >= need else None
+            if seen[k, t] is not None:
+                s.append(seen[k, t])
         score = float(np.mean(s)) if len(s) >= 3 else 0.0
         if score > best:
             best_q, best = q, score
