@@ -22,6 +22,9 @@ The plain plan applies every predicted step. The controller, per predicted step:
    blockiness) unless the step removes JPEG, and the share of clipped pixels by more than
    `CLIP_RISE` (haze exempt). A failing step is rolled
    back (its input is kept).
+4. **judge** (`judge.Judge`, optional): a step the rules pass is kept only if a regressor learnt
+   on train rows (every restoring step applied to each, its PSNR gain recorded) predicts a
+   cautious quantile of its gain above a margin, from the same readings before and after it.
 
 Bad input never stops a batch: an unparseable answer, an operator that fails (e.g. a PSF larger
 than the image), an image too small for the check, or a non-finite result leave the image (or
