@@ -14,6 +14,7 @@ below identity, and for the controlled plan the images touched and model calls p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -28,10 +29,11 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 def _run(args: argparse.Namespace, out: Path, judge_rows: int) -> tuple[dict, float]:
     from dutrain.cli import main
     t0 = time.perf_counter()
-    rc = main(["restore", f"input={args.data}", "split=test", f"model={args.model}",
-               f"limit={args.limit}", "restore.plan=controlled", f"output={out}",
-               "tracking.enabled=false", f"restore.judge_rows={judge_rows}",
-               f"restore.calibration_limit={args.val}"])
+    with contextlib.redirect_stdout(sys.stderr):  # the verb prints its report: JSON alone on stdout
+        rc = main(["restore", f"input={args.data}", "split=test", f"model={args.model}",
+                   f"limit={args.limit}", "restore.plan=controlled", f"output={out}",
+                   "tracking.enabled=false", f"restore.judge_rows={judge_rows}",
+                   f"restore.calibration_limit={args.val}"])
     if rc != 0:
         raise SystemExit(f"dutrain restore failed (exit {rc})")
     return json.loads((out / "metrics.json").read_text()), time.perf_counter() - t0
