@@ -52,7 +52,8 @@ def features(keys: Sequence[str], before: Mapping[str, float], after: Mapping[st
 
 
 def random_params(type_name: str, rng: np.random.Generator) -> dict[str, Any]:
-    """A value per key drawn uniformly over the type's train range, on its grid."""
+    """A value per key drawn uniformly over the type's train range, rounded to the key's
+    decimals (not snapped to its grid step: `ParamSpec.snap` would be the grid's own rule)."""
     out: dict[str, Any] = {}
     for ps in TAXONOMY[type_name].params:
         lo, hi = ps.train
@@ -80,6 +81,12 @@ def apply_step(x: np.ndarray, type_name: str, params: Mapping[str, Any], st: Sta
 
 Pair = tuple[np.ndarray, np.ndarray, Mapping[str, Any]]  # degraded, clean, annotation
 ParamsFor = Callable[[str, Mapping[str, float]], Mapping[str, Any]]
+
+
+def no_params(type_name: str, reading: Mapping[str, float]) -> Mapping[str, Any]:
+    """A `ParamsFor` without estimates (only random and true values are tried); picklable for
+    the worker processes."""
+    raise KeyError(type_name)
 
 
 def pair_records(pair: Pair, params_for: ParamsFor, read: Reading, draws: int,

@@ -48,18 +48,19 @@ def test_random_params_lie_on_the_grid_inside_the_train_range():
 def test_pair_records_cover_every_type_and_the_true_step_gains():
     clean = _img()
     noisy = apply_chain(clean, NOISY, 0)
-    recs = J.pair_records((noisy, clean, NOISY), lambda t, f: {}, C.reading, 1,
+    recs = J.pair_records((noisy, clean, NOISY), J.no_params, C.reading, 1,
                           np.random.default_rng(0))
-    # params_for failing ({} is not a valid parameter set for most operators) only drops those
+    # a params_for without estimates only drops those candidates: random and true ones remain
     assert {r["type"] for r in recs} == set(J.RESTORING)
     true = [r for r in recs if r["type"] == "gaussian_noise" and r["params"] == {"sigma": 20}]
     assert true and true[0]["gain"] > 2.0
     assert all(np.isfinite(r["gain"]) for r in recs)
-    # the same seed gives the same records in one process or several
-    one = J.judge_records([(noisy, clean, NOISY)] * 2, lambda t, f: {}, C.reading, 1, seed=3)
-    assert [r["params"] for r in one[:5]] == \
-        [r["params"] for r in J.judge_records([(noisy, clean, NOISY)] * 2, lambda t, f: {},
-                                              C.reading, 1, seed=3)[:5]]
+    # the same seed gives the same records in one process or several (spawned workers)
+    pairs = [(noisy, clean, NOISY)] * 2
+    one = J.judge_records(pairs, J.no_params, C.reading, 1, seed=3)
+    two = J.judge_records(pairs, J.no_params, C.reading, 1, seed=3, workers=2)
+    assert [(r["type"], r["params"], r["gain"]) for r in one] == \
+        [(r["type"], r["params"], r["gain"]) for r in two]
 
 
 def test_the_judge_learns_which_steps_gain_and_its_quantile_is_cautious():
