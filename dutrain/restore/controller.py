@@ -721,8 +721,9 @@ def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
             actions[s.action] = actions.get(s.action, 0) + 1
     lines += ["steps: " + ", ".join(f"{k} {v}" for k, v in sorted(actions.items())), ""]
     if ctl.judge is not None:
+        # the judge runs only after the rules pass: a judged step rolled back is the judge's
         judged = sum(1 for o in ctl.outcomes.values() for s in o.steps
-                     if s.action == "rolled_back" and s.reason.startswith("the judge"))
+                     if s.action == "rolled_back" and s.judged is not None)
         lines += [f"judge: {len(ctl.judge.records)} steps from {ctl.judge.source} "
                   f"({ctl.judge_seconds:.0f} s to collect and fit), quantile "
                   f"{ctl.judge.quantile:g}, margin {ctl.margin:+g} dB; it rolled back {judged} "
