@@ -57,6 +57,10 @@ class BackendConfig:
     judge_draws: int = option(2, "controlled: random-valued steps per type and train row besides "
                                  "the classical estimators' values (the judge must see wrong "
                                  "steps)", min=0, max=16)
+    judge_cache: bool = option(True, "controlled: reuse the records of an earlier judge fitted on "
+                                     "the same rows with the same settings and code "
+                                     "($DUTRAIN_CACHE/judge, default ~/.cache/dutrain/judge) "
+                                     "instead of collecting them again")
     judge_quantile: float = option(0.2, "controlled: the quantile of a step's PSNR gain the judge "
                                         "predicts (below 0.5: cautious, a step must gain even "
                                         "where the judge errs against it)", min=0.01, max=0.99)

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -572,7 +573,7 @@ def _judge(cfg: Any, base: Any) -> Judge | None:
         return None
     from dutrain.io.dataset import decode_png, read_table
 
-    from .judge import judge_records
+    from .judge import cache_path, judge_records, records_key
     root = str(cfg.calibration or cfg.input)
     rows = read_table(root, ["train"], ["degraded", "clean", "annotation"],
                       cfg.restore.judge_rows, cfg.storage).to_pylist()
@@ -580,13 +581,30 @@ def _judge(cfg: Any, base: Any) -> Judge | None:
         raise UserError(f"restore.plan=controlled fits its judge on the train split, and dataset "
                         f"'{root}' has no train rows (set restore.judge=PATH or "
                         f"restore.judge_rows=0)")
+    source = f"{root} train ({len(rows)} rows)"
+    cached = cache_path(records_key(rows, base.calibration, cfg.restore.judge_draws,
+                                    cfg.restore.seed)) if cfg.restore.judge_cache else None
+    if cached is not None and cached.is_file():
+        try:
+            judge = Judge.load(cached, cfg.restore.judge_quantile)
+            judge.source = f"{source}, records reused from {cached}"
+            return judge
+        except UserError as exc:  # a damaged cache entry is collected again, and replaced
+            print(f"restore: ignoring the judge cache entry ({exc}); collecting again",
+                  file=sys.stderr)
     pairs = [(decode_png(r["degraded"]), decode_png(r["clean"]), json.loads(r["annotation"]))
              for r in rows]
     records = judge_records(pairs, base.params_for, reading, cfg.restore.judge_draws,
                             cfg.restore.seed, workers=min(os.cpu_count() or 1, 8, len(rows)),
                             progress="judge: every step on train rows")
-    return Judge(records, f"{root} train ({len(rows)} rows)",
-                 quantile=cfg.restore.judge_quantile)
+    judge = Judge(records, source, quantile=cfg.restore.judge_quantile)
+    if cached is not None:
+        try:
+            judge.save(cached)
+        except OSError as exc:  # a read-only home is no reason to fail the restore
+            print(f"restore: could not cache the judge's records at {cached} ({exc})",
+                  file=sys.stderr)
+    return judge
 
 
 def _val_rows(cfg: Any) -> tuple[list[Any], str]:

@@ -108,9 +108,10 @@ def test_folder_with_annotations_predicted_by_the_tiny_vlm(tmp_path, ray_local):
     assert len(list((out / "restored").iterdir())) == 2
 
 
-def test_controlled_plan_with_the_classical_baseline(tmp_path):
+def test_controlled_plan_with_the_classical_baseline(tmp_path, monkeypatch):
     """restore.plan=controlled: thresholds calibrated on val, stored, reloaded; never much worse
-    than doing nothing, with its metrics beside the plain plan's."""
+    than doing nothing, with its metrics beside the plain plan's; the judge's records cached."""
+    monkeypatch.setenv("DUTRAIN_CACHE", str(tmp_path / "cache"))
     probs = {"gaussian_blur": 1, "low_light": 1, "haze": 1, "gaussian_noise": 1}
     root = write_dataset(tmp_path / "ds", {"train": 40, "val": 16, "test": 8}, size=64, seed=3,
                          type_probs=probs, max_degradations=1, clean_fraction=0.1)
@@ -158,6 +159,21 @@ def test_controlled_plan_with_the_classical_baseline(tmp_path):
                  f"output={again}", "tracking.enabled=false", "calibration_samples=40"]) == 0
     m2 = json.loads((again / "metrics.json").read_text())
     assert m2["test/psnr/controlled"] == m["test/psnr/controlled"]
+    # the same rows and settings again: the records come from the cache, the result is the same
+    entries = list((tmp_path / "cache" / "judge").glob("*.json"))
+    assert len(entries) == 1 and json.loads(entries[0].read_text())["records"] == judge["records"]
+    cached = tmp_path / "cached"
+    common = [f"input={root}", "split=test", "model=baseline:classical", "restore.plan=controlled",
+              "tracking.enabled=false", "calibration_samples=40"]
+    assert main(["restore", *common, f"output={cached}"]) == 0
+    m3 = json.loads((cached / "metrics.json").read_text())
+    assert "records reused from" in json.loads((cached / "judge.json").read_text())["source"]
+    assert m3["test/psnr/controlled"] == m["test/psnr/controlled"]
+    assert m3["restore/controlled/judge_seconds"] < m["restore/controlled/judge_seconds"]
+    # a damaged entry is collected again and replaced (keys of other settings: unit test)
+    entries[0].write_text("{")
+    assert main(["restore", *common, f"output={tmp_path / 'redo'}"]) == 0
+    assert json.loads(entries[0].read_text())["records"] == judge["records"]
 
 
 def test_controlled_plan_needs_a_confidence(tmp_path, capsys):

@@ -130,3 +130,15 @@ def test_val_calibration_under_the_judge_records_only_the_steps_it_keeps():
     # without a judge every type without evidence is never applied (unchanged)
     th, _ = C.calibrate_on_val(CAL, val, [text], sc, f)
     assert th["haze"] == np.inf
+
+
+def test_records_key_follows_rows_settings_and_calibration():
+    rows = [{"degraded": b"a", "clean": b"b", "annotation": "{}"},
+            {"degraded": b"c", "clean": b"d", "annotation": "{}"}]
+    key = J.records_key(rows, CAL, 2, 0)
+    assert key == J.records_key([dict(r) for r in rows], CAL, 2, 0) and len(key) == 32
+    others = {J.records_key(rows[:1], CAL, 2, 0), J.records_key(rows[::-1], CAL, 2, 0),
+              J.records_key(rows, CAL, 1, 0), J.records_key(rows, CAL, 2, 1),
+              J.records_key(rows, {**CAL, "extra": 1}, 2, 0)}
+    assert key not in others and len(others) == 5
+    assert J.cache_path(key).name == f"{key}.json" and len(J.code_digest()) == 64
