@@ -83,6 +83,10 @@ class SFTConfig:
     min_lr_ratio: float = option(0.1, "cosine decay floor as a fraction of lr", min=0.0, max=1.0)
     vision_lr_scale: float = option(1.0, "learning rate of the vision tower as a fraction of lr "
                                          "(< 1 keeps its initial features longer)", min=0.0)
+    aux_loss: float = option(0.0, "weight of the auxiliary perception loss: a linear head on "
+                                  "each image's pooled vision tokens predicts its degradation "
+                                  "types (BCE), added to the answer loss; the head is not saved "
+                                  "with the model (0: off; docs/sft.md)", min=0.0)
     weight_decay: float = option(0.0, "AdamW weight decay", min=0.0)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0: off)", min=0.0)
     dtype: str = option("auto", "training precision: auto = bf16 autocast on GPU, fp32 on CPU",

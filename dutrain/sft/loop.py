@@ -45,6 +45,7 @@ from dutrain.models import (
 from dutrain.tracking import Tracker
 from dutrain.tracking.progress import post_step
 
+from .aux import PerceptionHead, type_targets
 from .data import batch_order, load_rows
 
 STATE_FILE = "trainer_state.pt"
@@ -215,9 +216,14 @@ class SFTRecipe:
         model_dir = resolve_model(cfg.model, storage=cfg.storage,
                                   tiny=cfg.tiny.spec() if cfg.model == "tiny" else None)
         self.processor = load_processor(model_dir)
-        self.model = ray.train.torch.prepare_model(self._load_model(model_dir))
-        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.lr, cfg.vision_lr_scale),
-                                     lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model = self._load_model(model_dir)
+        #: the auxiliary perception head (aux_loss > 0), hooked on the unwrapped model's tower
+        self.aux = PerceptionHead(model).to(self.device) if cfg.aux_loss > 0 else None
+        self.model = ray.train.torch.prepare_model(model)
+        groups = param_groups(self.model, cfg.lr, cfg.vision_lr_scale)
+        if self.aux is not None:
+            groups.append({"params": list(self.aux.parameters()), "lr": cfg.lr})
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
         self.rows = load_rows(ray.train.get_dataset_shard(f"train_{self.rank}"))
@@ -236,7 +242,7 @@ class SFTRecipe:
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 model = load_model(d)
-                self.state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+                self.state = torch.load(Path(d) / STATE_FILE, weights_only=True)
         else:
             model = load_model(model_dir)
         if self.cfg.gradient_checkpointing:
@@ -251,6 +257,8 @@ class SFTRecipe:
             self.opt.load_state_dict(self.state["optimizer"])
             self.sched.load_state_dict(self.state["scheduler"])
             self.start, self.best = int(self.state["step"]), float(self.state["best_val_loss"])
+            if self.aux is not None and "aux_head" in self.state:
+                self.aux.load_state_dict(self.state["aux_head"])
         cfg = self.cfg
         self.order = batch_order(len(self.rows), cfg.batch_size, cfg.seed, self.rank,
                                  self.start * cfg.grad_accum)
@@ -259,7 +267,7 @@ class SFTRecipe:
 
     # ------------------------------------------------------------------------------ training
     def _reset_window(self) -> None:
-        self.window = {"loss": 0.0, "n": 0.0, "tokens": 0.0, "samples": 0.0}
+        self.window = {"loss": 0.0, "n": 0.0, "tokens": 0.0, "samples": 0.0, "aux": 0.0}
 
     def train_step(self) -> None:
         """One optimiser step: `grad_accum` micro-batches (DDP syncs on the last), clip, step."""
@@ -271,13 +279,23 @@ class SFTRecipe:
             with model.no_sync() if not sync else contextlib.nullcontext():
                 with self.autocast():
                     loss = model(**b).loss
-                (loss / cfg.grad_accum).backward()
+                    total = loss
+                    if self.aux is not None:
+                        aux = self.aux.loss(b["image_grid_thw"], type_targets(
+                            [self.rows[int(i)]["annotation"] for i in idx]))
+                        total = loss + cfg.aux_loss * aux
+                        self.window["aux"] += float(aux)
+                (total / cfg.grad_accum).backward()
             self.window["loss"] += float(loss)
             self.window["n"] += 1
             self.window["tokens"] += float(b["attention_mask"].sum())
             self.window["samples"] += len(idx)
+        params = list(model.parameters())
+        if self.aux is not None:
+            self.aux.sync_grads()
+            params += list(self.aux.parameters())
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
@@ -285,16 +303,21 @@ class SFTRecipe:
     def train_metrics(self) -> dict[str, float]:
         """`train/...` over the steps since the last log (summed across workers); resets them."""
         w = self.window
-        loss_sum, n, tokens, samples = _all_reduce_sum(
-            [w["loss"], w["n"], w["tokens"], w["samples"]], self.device)
+        loss_sum, n, tokens, samples, aux = _all_reduce_sum(
+            [w["loss"], w["n"], w["tokens"], w["samples"], w["aux"]], self.device)
         dt = time.perf_counter() - self.t_window
         self._reset_window()
-        return {"train/loss": loss_sum / max(n, 1), "train/lr": self.sched.get_last_lr()[0],
-                "train/tokens_per_s": tokens / dt, "train/samples_per_s": samples / dt}
+        out = {"train/loss": loss_sum / max(n, 1), "train/lr": self.sched.get_last_lr()[0],
+               "train/tokens_per_s": tokens / dt, "train/samples_per_s": samples / dt}
+        if self.aux is not None:  # the answer loss stays `train/loss`, comparable across runs
+            out["train/aux_loss"] = aux / max(n, 1)
+        return out
 
     def evaluate(self, step: int) -> dict[str, float]:
         """`val/loss` on the val rows (all workers); a new best is published."""
         loss = val_loss(self.model, self.val_b, self.cfg.batch_size, self.autocast, self.device)
+        if self.aux is not None:
+            self.aux.drop()
         if loss < self.best:
             self.best = loss
             self.publish_best(step)
@@ -330,7 +353,9 @@ class SFTRecipe:
             save_hf(self.model, self.processor, d, prompt=self.cfg.prompt,
                     grid_factor=self.cfg.grid_factor)
             torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                        "step": step, "best_val_loss": self.best}, Path(d) / STATE_FILE)
+                        "step": step, "best_val_loss": self.best,
+                        **({"aux_head": self.aux.state_dict()} if self.aux is not None else {})},
+                       Path(d) / STATE_FILE)
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     def finish(self) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from dutrain.config import load_config
@@ -91,20 +92,23 @@ def test_two_workers_loss_falls_checkpoints_load_and_run_is_tracked(data, tmp_pa
     assert load_model(ckpts[0]) is not None
 
 
-def _losses(db: str, output: Path) -> dict[int, float]:
+def _losses(db: str, output: Path, key: str = "train/loss") -> dict[int, float]:
     c = MlflowClient(db)
     exp = c.get_experiment_by_name("sft-tests")
     out: dict[int, float] = {}
     for r in c.search_runs([exp.experiment_id]):
         if r.data.tags.get("dutrain.output") == str(output):
-            out.update({m.step: m.value for m in c.get_metric_history(r.info.run_id, "train/loss")})
+            out.update({m.step: m.value for m in c.get_metric_history(r.info.run_id, key)})
     return out
 
 
 def test_resumed_run_matches_the_uninterrupted_one(data, tmp_path):
+    """With the auxiliary perception loss on: its head is part of the trainer state, so the
+    resumed run replays the uninterrupted one; the saved model is an ordinary checkpoint."""
     n = 4
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    common = [f"max_steps={2 * n}", "log_every=1", "eval_every=100", f"checkpoint_every={n}"]
+    common = [f"max_steps={2 * n}", "log_every=1", "eval_every=100", f"checkpoint_every={n}",
+              "aux_loss=0.5"]
     full, parts = tmp_path / "full", tmp_path / "parts"
     run(sft_config(data, full, *common, tracking=db))
     run(sft_config(data, parts, *common, f"stop_at_step={n}", tracking=db))
@@ -114,6 +118,11 @@ def test_resumed_run_matches_the_uninterrupted_one(data, tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, 2 * n + 1))
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
     assert (parts / "final" / "model.safetensors").is_file()
+    aux = _losses(db, full, "train/aux_loss")
+    assert sorted(aux) == list(range(1, 2 * n + 1)) and all(v > 0 for v in aux.values())
+    assert "aux_head" in torch.load(next((parts / "train").glob("checkpoint_*")) /
+                                    "trainer_state.pt", weights_only=True)
+    assert not any("aux" in k for k in load_model(parts / "final").state_dict())
 
 
 def test_bad_config_fails_before_any_work():
