@@ -7,7 +7,9 @@ tiny vision tower for each `patch_init`. Prints JSON.
 - `features_gbm`: gradient boosting on hand-made features (the reasoning cues of
   `dutrain.degrade.cues`, the log power spectrum in 12 radial × 4 orientation bins, 8×8
   blockiness, noise by brightness, intensity percentiles): a strong classical reference;
-  `photos_curve` retrains it on n of the train+val photos (3 random draws each);
+  `photos_curve` retrains it on the rows of n of the train+val photos (`--curve`, default
+  3, 6, 12, 24 and all; `--draws` random draws each; procedural sources never count as photos
+  and are left out of the curve);
 - `dct16_linear`: logistic regression on the mean |DCT| of all 256 luma coefficients of the
   16×16 patches (the information a patch-16 tower can expose by rectifying coefficients),
   raw and log;
@@ -159,6 +161,11 @@ def main() -> None:
     ap.add_argument("--dead-leaves", type=int, default=0,
                     help="also measure N procedural dead-leaves source images (0: skip)")
     ap.add_argument("--dead-leaves-samples", type=int, default=6000)
+    ap.add_argument("--curve", default="3,6,12,24,all",
+                    help="photo counts of photos_curve ('all': every train+val photo)")
+    ap.add_argument("--draws", type=int, default=3, help="random photo draws per curve point")
+    ap.add_argument("--curve-only", action="store_true",
+                    help="only features_gbm and photos_curve (skip the DCT and tower probes)")
     args = ap.parse_args()
     t0 = time.time()
     tr, ytr, ptr = load(args.dataset, "train", None)
@@ -170,12 +177,21 @@ def main() -> None:
     Htr, Hva, Hte = (np.array([hand_features(a) for a in s]) for s in (tr, va, te))
     out["features_gbm"] = gbm(Htr, ytr, Hte, yte)
     X, y, photos = np.concatenate([Htr, Hva]), np.concatenate([ytr, yva]), np.array(ptr + pva)
-    rng, names, curve = np.random.default_rng(0), sorted(set(ptr + pva)), {}
-    for n in range(3, len(names) + 1, 3):
+    rng, curve = np.random.default_rng(0), {}
+    names = sorted(p for p in set(ptr + pva) if not p.startswith("dead_leaves/"))
+    for n in sorted({min(len(names), len(names) if c == "all" else int(c))
+                     for c in args.curve.split(",")}):
         accs = [gbm(X[m], y[m], Hte, yte)["accuracy"]
-                for m in (np.isin(photos, rng.choice(names, n, replace=False)) for _ in range(3))]
-        curve[n] = round(float(np.mean(accs)), 3)
+                for m in (np.isin(photos, rng.choice(names, n, replace=False))
+                          for _ in range(args.draws if n < len(names) else 1))]
+        curve[n] = {"mean": round(float(np.mean(accs)), 3), "min": round(float(min(accs)), 3),
+                    "max": round(float(max(accs)), 3)}
     out["photos_curve"] = curve
+    if args.curve_only:
+        out["seconds"] = round(time.time() - t0, 1)
+        json.dump(out, sys.stdout, indent=1)
+        print()
+        return
     if args.dead_leaves:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
