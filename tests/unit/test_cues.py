@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -94,16 +93,11 @@ def test_haze_low_light_and_rain_move_their_cues(name):
     assert rainy["streaks"] > clean["streaks"]
 
 
-def test_cues_are_complete_finite_and_fast():
+def test_cues_are_complete_and_finite():
+    # their speed is measured, not asserted: tests/benchmarks/bench_degrade.py ("measure_cues")
     img = CROPS["astronaut"]
     cues = measure_cues(img)
     assert tuple(cues) == CUE_NAMES and all(np.isfinite(v) for v in cues.values())
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        measure_cues(img)
-        times.append(time.perf_counter() - t0)
-    assert np.median(times) < 0.05  # ~4 ms on an idle core; loose for busy CI machines
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (2, 5, 3), (9, 9), (3, 40, 4)])
