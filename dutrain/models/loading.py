@@ -19,8 +19,9 @@ from typing import Any
 
 from dutrain.errors import UserError
 from dutrain.io.storage import copy_tree, filesystem
+from dutrain.runtime.cache import cache_root
 
-from .tiny import TinySpec, default_cache_dir, tiny_model
+from .tiny import TinySpec, tiny_model
 
 SUPPORTED_TYPES = ("qwen2_vl", "qwen2_5_vl")
 #: files worth fetching from a remote checkpoint: weights as safetensors, never pickles
@@ -64,7 +65,7 @@ def _download_s3(uri: str, cache_dir: Path, storage: Any = None) -> Path:
 def resolve_model(ref: str, cache_dir: str | os.PathLike | None = None, storage: Any = None,
                   tiny: TinySpec | None = None) -> Path:
     """A local directory holding the model `ref` (built, downloaded or found)."""
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir else cache_root()
     ref = str(ref)
     if ref == "tiny":
         out = tiny_model(tiny, cache)

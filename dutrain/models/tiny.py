@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from dutrain.config.sft import PATCH_INITS, TinyModelConfig
+from dutrain.runtime.cache import cache_root
 from dutrain.schema import render_answer
 
 from .prompts import INSTRUCTION
@@ -332,10 +333,6 @@ def build_tiny(spec: TinySpec, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DUTRAIN_CACHE", Path.home() / ".cache" / "dutrain"))
-
-
 def tiny_hash(spec: TinySpec) -> str:
     h = hashlib.sha256(f"{RECIPE_VERSION}\n{spec.key()}\n".encode())
     for text in tokenizer_corpus(spec):
@@ -347,7 +344,7 @@ def tiny_hash(spec: TinySpec) -> str:
 def tiny_model(spec: TinySpec | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Directory of the tiny model for `spec`, built on first use (safe under concurrency)."""
     spec = spec or TinySpec()
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = Path(cache_dir) if cache_dir else cache_root()
     final = root / f"tiny-{tiny_hash(spec)}"
     if (final / "dutrain_tiny.json").is_file():
         return final

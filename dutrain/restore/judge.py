@@ -35,6 +35,7 @@ import numpy as np
 
 from dutrain.degrade import to_float, to_uint8
 from dutrain.errors import UserError
+from dutrain.runtime.cache import cache_root
 from dutrain.schema import CLEAN, TAXONOMY, TYPES
 
 from .classical import INVERSES, State
@@ -186,8 +187,7 @@ def records_key(rows: Sequence[Mapping[str, Any]], calibration: Mapping[str, Any
 
 
 def cache_path(key: str) -> Path:
-    from dutrain.models.tiny import default_cache_dir
-    return default_cache_dir() / "judge" / f"{key}.json"
+    return cache_root() / "judge" / f"{key}.json"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from dutrain.runtime.dist import world_size
 from dutrain.schema import CLEAN, TYPES, types_of
 
 #: the head's outputs: every degradation type (clean is the empty set)
@@ -74,9 +75,10 @@ class PerceptionHead(torch.nn.Module):
 
     def sync_grads(self) -> None:
         """Average the head's gradients over the data-parallel workers (it is outside DDP)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        world = world_size()
+        if world == 1:
             return
         for p in self.linear.parameters():
             if p.grad is not None:
                 dist.all_reduce(p.grad)
-                p.grad /= dist.get_world_size()
+                p.grad /= world

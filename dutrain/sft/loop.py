@@ -42,6 +42,7 @@ from dutrain.models import (
     resolve_model,
     write_prompt_mode,
 )
+from dutrain.runtime.dist import world_size
 from dutrain.tracking import Tracker
 from dutrain.tracking.progress import post_step
 
@@ -125,7 +126,7 @@ class Batcher:
 
 
 def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
