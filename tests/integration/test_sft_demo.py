@@ -13,6 +13,7 @@ import pytest
 from dutrain.evaluate.metrics import score_sample, split_metrics
 from dutrain.io.dataset import decode_png, read_table
 from dutrain.models import load_model, load_processor, resolve_model
+from dutrain.models.prompts import prompt_mode
 from dutrain.schema import CLEAN, types_of
 from dutrain.sft.loop import transformers_completions
 
@@ -42,10 +43,10 @@ def type_priors(rows) -> dict[str, float]:
     return {t: c / len(rows) for t, c in counts.items()}
 
 
-def _test_metrics(model_dir, rows) -> dict[str, float]:
+def _test_metrics(model_dir, rows, prompt: str) -> dict[str, float]:
     comps = transformers_completions(load_model(model_dir), load_processor(model_dir),
                                      [decode_png(r["degraded"]) for r in rows],
-                                     max_new_tokens=320)
+                                     max_new_tokens=320, prompt=prompt)
     return split_metrics("test", [score_sample(r["sample_id"], "test", c, r["annotation"])
                                   for r, c in zip(rows, comps)])
 
@@ -54,8 +55,10 @@ def _test_metrics(model_dir, rows) -> dict[str, float]:
 def test_demo_recipe_learns_format_and_types_above_their_prior(demo_sft):
     rows = read_table(str(demo_sft.data), ["test"], ["sample_id", "degraded", "annotation"],
                       limit=TEST_ROWS).to_pylist()
-    trained = _test_metrics(demo_sft.model, rows)
-    untrained = _test_metrics(resolve_model("tiny", tiny=demo_sft.cfg.tiny.spec()), rows)
+    prompt = prompt_mode(demo_sft.model)  # the demo recipe's prompt, as eval serves it
+    assert prompt == demo_sft.cfg.prompt
+    trained = _test_metrics(demo_sft.model, rows, prompt)
+    untrained = _test_metrics(resolve_model("tiny", tiny=demo_sft.cfg.tiny.spec()), rows, prompt)
     prior = type_priors(rows)
     recall = {t: trained.get(f"test/type_recall/{t}", 0.0) for t in prior}
     print({"trained": trained, "untrained": untrained, "prior": prior})
