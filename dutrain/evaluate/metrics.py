@@ -11,6 +11,10 @@ Per split (keys ``{split}/{metric}``):
   range of its strength parameter (`DegradationSpec.severity`; OOD values fall in the outer
   thirds): says whether misses are degradations too faint to see or ones a model should catch;
   ``type_recall_{mild,medium,strong}`` pools the degraded samples of every type;
+- ``type_exact_visible`` / ``type_exact_faint``: ``type_exact`` over the degraded samples whose
+  degradation a viewer can see (PSNR of the degraded image against its clean one below
+  `VISIBLE_PSNR` dB) / cannot; ``visible_share``: the visible share of the degraded samples
+  (only when the samples carry that PSNR: `Scored.psnr`);
 - ``key_acc``: mean of the `key` reward;
 - ``value_nmae``: mean over matched, answered keys of min(1, |v̂ - v| / width) (= 1 - `value`
   per key), and ``value_nmae/{type}.{key}`` per key;
@@ -48,6 +52,8 @@ MISSED = "missed"
 EXTRA = "extra"
 #: thirds of a type's strength range, mildest first
 STRENGTH_BANDS = ("mild", "medium", "strong")
+#: a degradation is visible when its image is below this PSNR (dB) against the clean one
+VISIBLE_PSNR = 35.0
 
 
 def strength_band(type_name: str, params: Mapping[str, float]) -> str:
@@ -67,6 +73,8 @@ class Scored:
     missing: bool = False
     #: the answer grid the completion was read on (`dutrain.schema.taxonomy_at`)
     grid_factor: int = 1
+    #: PSNR (dB) of the degraded image against its clean one, where known
+    psnr: float | None = None
 
     @property
     def true_types(self) -> frozenset[str]:
@@ -75,9 +83,10 @@ class Scored:
 
 def score_sample(sample_id: str, split: str, completion: str | None,
                  reference: Mapping[str, Any] | str,
-                 weights: Mapping[str, float] | None = None, grid_factor: int = 1) -> Scored:
+                 weights: Mapping[str, float] | None = None, grid_factor: int = 1,
+                 psnr: float | None = None) -> Scored:
     """Score one completion (None = no prediction: a format failure); `grid_factor`: the
-    model's answer grid."""
+    model's answer grid; `psnr`: the degraded image's against its clean one."""
     ref = reference_entries(reference)
     ref_ann = {"degradations": [{"type": t, "params": p} for t, p in ref.items()]}
     ans = read_answer(completion if completion is not None else "", grid_factor)
@@ -86,7 +95,7 @@ def score_sample(sample_id: str, split: str, completion: str | None,
     scores["total"] = sum(w[c] * scores[c] for c in COMPONENTS)
     matches, _ = key_matches(ans, ref_ann)
     return Scored(sample_id, split, ref, ans, scores, matches, missing=completion is None,
-                  grid_factor=grid_factor)
+                  grid_factor=grid_factor, psnr=psnr)
 
 
 def _f1(tp: int, fp: int, fn: int) -> float | None:
@@ -129,6 +138,15 @@ def split_metrics(split: str, scored: Iterable[Scored]) -> dict[str, float]:
         for t in TYPES:
             if hits := banded.get(f"{band}/{t}"):
                 out[f"type_recall_{band}/{t}"] = sum(hits) / len(hits)
+    degraded = [r for r in rows if r.psnr is not None and r.true_types != {CLEAN}]
+    if degraded:
+        visible = [r.psnr < VISIBLE_PSNR for r in degraded]
+        out["visible_share"] = sum(visible) / len(degraded)
+        for name, want in (("visible", True), ("faint", False)):
+            group = [r for r, v in zip(degraded, visible) if v == want]
+            if group:
+                out[f"type_exact_{name}"] = sum(r.answer.types == r.true_types
+                                                for r in group) / len(group)
     out["key_acc"] = sum(r.scores["key"] for r in rows) / n
     errs: dict[str, list[float]] = defaultdict(list)
     within: list[bool] = []

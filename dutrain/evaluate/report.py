@@ -10,7 +10,7 @@ import numpy as np
 
 from dutrain.schema import TAXONOMY
 
-from .metrics import STRENGTH_BANDS, Scored, confusion_labels
+from .metrics import STRENGTH_BANDS, VISIBLE_PSNR, Scored, confusion_labels
 
 SUMMARY_COLUMNS = (("n", "n", "{:.0f}"), ("format_valid", "format", "{:.3f}"),
                    ("type_exact", "type=", "{:.3f}"), ("type_f1", "type F1", "{:.3f}"),
@@ -80,6 +80,14 @@ def markdown_report(system: str, dataset: str, splits: Sequence[str], metrics: M
                                             for s in splits for b in STRENGTH_BANDS]]]),
                "", "A type missed mostly in its mild third is one the image barely shows; "
                    "misses in the strong third are the model's.", ""]
+    seen = [s for s in splits if f"{s}/visible_share" in metrics]
+    if seen:
+        md += [f"## Visible or faint (PSNR against the clean image below {VISIBLE_PSNR:g} dB or "
+               "not; degraded images only)", "",
+               _md_table(["split", "visible share", "type= visible", "type= faint"],
+                         [[s, _cell(metrics, f"{s}/visible_share", "{:.2f}"),
+                           _cell(metrics, f"{s}/type_exact_visible", "{:.3f}"),
+                           _cell(metrics, f"{s}/type_exact_faint", "{:.3f}")] for s in seen]), ""]
     keys = sorted({k.split("/", 2)[2] for k in metrics if "/value_nmae/" in k},
                   key=lambda tk: [f"{d.type}.{p.key}" for d in TAXONOMY.values()
                                   for p in d.params].index(tk))

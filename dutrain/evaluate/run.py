@@ -23,12 +23,23 @@ from .lenient import lenient_metrics
 from .metrics import by_source, confusion, confusion_labels, score_sample, split_metrics
 from .openai_client import OpenAIClient
 from .predictions import read_predictions, write_predictions
+from .quality import psnr
 from .report import markdown_report, notes_for, summary_table, write_plots
 
 
 def _rows(cfg: EvalConfig, split: str, images: bool) -> list[dict[str, Any]]:
-    cols = ["sample_id", "split", "annotation"] + (["degraded"] if images else [])
-    return read_table(cfg.dataset, [split], cols, cfg.limit, cfg.storage).to_pylist()
+    """The split's rows; with `images`, each also carries `psnr`: how visible its degradation
+    is (the degraded image against the clean one; the clean bytes are not kept; None where
+    either image does not decode — the predictor records that row's own failure)."""
+    cols = ["sample_id", "split", "annotation"] + (["degraded", "clean"] if images else [])
+    rows = read_table(cfg.dataset, [split], cols, cfg.limit, cfg.storage).to_pylist()
+    for r in rows:
+        if images:
+            try:
+                r["psnr"] = psnr(decode_png(r.pop("clean")), decode_png(r["degraded"]))
+            except (OSError, ValueError, TypeError):
+                r["psnr"] = None
+    return rows
 
 
 def _baseline(cfg: EvalConfig) -> tuple[Any, dict[str, Any]]:
@@ -117,7 +128,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     comps, info, timing = _completions(cfg, rows)
     weights, grid = cfg.rewards.as_dict(), info.get("grid_factor", 1)
     scored = {s: [score_sample(r["sample_id"], s, comps[r["sample_id"]], r["annotation"], weights,
-                               grid) for r in rs] for s, rs in rows.items() if rs}
+                               grid, r.get("psnr")) for r in rs] for s, rs in rows.items() if rs}
     info["missing"] = {s: sum(x.missing for x in sc) for s, sc in scored.items()}
     metrics: dict[str, float] = {}
     for s, sc in scored.items():

@@ -673,9 +673,8 @@ def calibrate_on_val(calibration: Mapping[str, Any], val: Sequence[tuple[np.ndar
     With a judge the check includes it, and only the steps it keeps are recorded: a threshold
     then cuts where the predictor's confidence separates the kept steps that gained from those
     that lost, and a type with no kept val step gets none (the judge alone decides)."""
+    from dutrain.evaluate.quality import psnr
     from dutrain.schema import parse_answer
-
-    from .run import psnr
 
     records: list[tuple[str, float, float]] = []
     for (deg, clean), text, sc, f in zip(val, texts, scores, feats):
@@ -700,7 +699,7 @@ def calibrate_on_val(calibration: Mapping[str, Any], val: Sequence[tuple[np.ndar
 def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
            ) -> tuple[dict[str, float], str]:
     """Metrics and a markdown section of the controlled plan; writes controller.jsonl."""
-    from .run import psnr
+    from dutrain.evaluate.quality import psnr
 
     with open(out_dir / "controller.jsonl", "w") as fh:
         for it in items:

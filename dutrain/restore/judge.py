@@ -99,7 +99,7 @@ def pair_records(pair: Pair, params_for: ParamsFor, read: Reading, draws: int,
     """The judge's records of one (degraded, clean, annotation) triple: every restoring type
     with the classical estimators' values (`params_for(type, reading)`; an error skips that
     candidate), `draws` random values and the true values where the pair holds the type."""
-    from .run import psnr
+    from dutrain.evaluate.quality import psnr
 
     deg, clean, ann = pair
     before = dict(read(deg))
@@ -157,7 +157,8 @@ def judge_records(pairs: Sequence[Pair], params_for: ParamsFor, read: Reading, d
 
 
 #: the modules whose code decides a record (operators, estimators, physics, answer schema)
-_RECORD_CODE = ("restore", "degrade", "schema", "evaluate/estimators.py", "evaluate/baselines.py")
+_RECORD_CODE = ("restore", "degrade", "schema", "evaluate/estimators.py", "evaluate/baselines.py",
+                "evaluate/quality.py")
 
 
 def code_digest() -> str:

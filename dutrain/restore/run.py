@@ -8,7 +8,8 @@ before/after grid and, on a dataset split, PSNR/SSIM against clean for three ann
 
 Metric keys (docs/design.md §8): ``{split}/psnr/{kind}`` and ``{split}/ssim/{kind}``, and per type
 ``{split}/psnr/{kind}/{type}``; a sample counts for every type in its chain, an empty chain as
-``clean``. PSNR of an exact copy is capped at `PSNR_CAP` dB so means stay finite.
+``clean``. PSNR of an exact copy is capped at `dutrain.evaluate.quality.PSNR_CAP` dB so means
+stay finite.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image, ImageDraw
 from dutrain.config.openai import PREFIX as OPENAI_PREFIX
 from dutrain.config.restore import RestoreConfig
 from dutrain.errors import UserError
+from dutrain.evaluate.quality import psnr, ssim
 from dutrain.io.images import Rejected, load_image_file, printable_name
 from dutrain.schema import CLEAN, TYPES, canonical_json, canonicalize, parse_answer, types_of
 from dutrain.tracking import stage_run
@@ -36,7 +38,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: decompression-bomb guard (generate's `max_pixels` default)
 MAX_PIXELS = 100_000_000
 KINDS = ("identity", "oracle", "predicted", "controlled", "oracle_type", "oracle_values")
-PSNR_CAP = 60.0
 
 
 @dataclass
@@ -195,18 +196,6 @@ def restorer(cfg: RestoreConfig) -> Restorer:
     from .ddnm import load_diffusion, restore_ddnm
     model = load_diffusion(str(b.model), b.device, cfg.storage)
     return lambda img, ann: restore_ddnm(img, ann, model, b.steps, b.eta, b.seed, b.eps)
-
-
-def psnr(ref: np.ndarray, img: np.ndarray) -> float:
-    from skimage.metrics import peak_signal_noise_ratio
-    if np.array_equal(ref, img):
-        return PSNR_CAP
-    return min(PSNR_CAP, float(peak_signal_noise_ratio(ref, img, data_range=255)))
-
-
-def ssim(ref: np.ndarray, img: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
-    return float(structural_similarity(ref, img, channel_axis=2, data_range=255))
 
 
 def restoration_metrics(split: str, items: Iterable[Item]) -> dict[str, float]:

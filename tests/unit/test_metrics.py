@@ -150,3 +150,21 @@ def test_by_source_groups_sample_ids_by_their_image():
                          {"test": per})
     table = md.split("## Per source image (test)")[1]
     assert table.index("| cell | 2 | 0.500 |") < table.index("| cat | 2 | 1.000 | 0.000 |")
+
+
+def test_visible_and_faint_split_the_degraded_samples_by_their_psnr():
+    right = [render_answer(r, "x") for r in REFS]
+    # s0 clean (never counted), s1 visible and right, s2 faint and right, s3 faint and wrong
+    preds = [right[0], right[1], right[2], right[1]]
+    psnrs = [60.0, 20.0, 35.0, 48.0]  # 35 dB itself is faint: visible means below VISIBLE_PSNR
+    rows = [score_sample(f"s{i}", "test", p, r, psnr=q)
+            for i, (p, r, q) in enumerate(zip(preds, REFS, psnrs))]
+    m = split_metrics("test", rows)
+    assert m["test/visible_share"] == pytest.approx(1 / 3)
+    assert m["test/type_exact_visible"] == 1.0
+    assert m["test/type_exact_faint"] == 0.5
+    md = markdown_report("sys", "/d", ["test"], m, {}, [], {})
+    assert "| test | 0.33 | 1.000 | 0.500 |" in md
+    # without the PSNR (e.g. a predictions file scored without images) nothing is claimed
+    plain = split_metrics("test", scored(preds))
+    assert not any("visible" in k or "faint" in k for k in plain)
