@@ -28,17 +28,18 @@ from .report import markdown_report, notes_for, summary_table, write_plots
 
 
 def _rows(cfg: EvalConfig, split: str, images: bool) -> list[dict[str, Any]]:
-    """The split's rows; with `images`, each also carries `psnr`: how visible its degradation
-    is (the degraded image against the clean one; the clean bytes are not kept; None where
-    either image does not decode — the predictor records that row's own failure)."""
-    cols = ["sample_id", "split", "annotation"] + (["degraded", "clean"] if images else [])
+    """The split's rows, each with `psnr`: how visible its degradation is (the degraded image
+    against the clean one, whatever the source, so every source reports the same metrics; None
+    where either image does not decode — an image source records that row's own failure). The
+    clean bytes are not kept, the degraded ones only for a source that reads images."""
+    cols = ["sample_id", "split", "annotation", "degraded", "clean"]
     rows = read_table(cfg.dataset, [split], cols, cfg.limit, cfg.storage).to_pylist()
     for r in rows:
-        if images:
-            try:
-                r["psnr"] = psnr(decode_png(r.pop("clean")), decode_png(r["degraded"]))
-            except (OSError, ValueError, TypeError):
-                r["psnr"] = None
+        clean, degraded = r.pop("clean"), r["degraded"] if images else r.pop("degraded")
+        try:
+            r["psnr"] = psnr(decode_png(clean), decode_png(degraded))
+        except (OSError, ValueError, TypeError):
+            r["psnr"] = None
     return rows
 
 
