@@ -35,11 +35,13 @@ def _rows(cfg: EvalConfig, split: str, images: bool) -> list[dict[str, Any]]:
     cols = ["sample_id", "split", "annotation", "degraded", "clean"]
     rows = read_table(cfg.dataset, [split], cols, cfg.limit, cfg.storage).to_pylist()
     for r in rows:
-        clean, degraded = r.pop("clean"), r["degraded"] if images else r.pop("degraded")
         try:
-            r["psnr"] = psnr(decode_png(clean), decode_png(degraded))
+            r["psnr"] = psnr(decode_png(r["clean"]), decode_png(r["degraded"]))
         except (OSError, ValueError, TypeError):
             r["psnr"] = None
+        del r["clean"]
+        if not images:
+            del r["degraded"]
     return rows
 
 

@@ -46,6 +46,7 @@ import numpy as np
 
 from dutrain.degrade import to_float, to_rgb_uint8, to_uint8
 from dutrain.errors import UserError
+from dutrain.evaluate.quality import psnr
 from dutrain.schema import TAXONOMY, TYPES
 
 from .classical import PlanStep, State, plan
@@ -673,7 +674,6 @@ def calibrate_on_val(calibration: Mapping[str, Any], val: Sequence[tuple[np.ndar
     With a judge the check includes it, and only the steps it keeps are recorded: a threshold
     then cuts where the predictor's confidence separates the kept steps that gained from those
     that lost, and a type with no kept val step gets none (the judge alone decides)."""
-    from dutrain.evaluate.quality import psnr
     from dutrain.schema import parse_answer
 
     records: list[tuple[str, float, float]] = []
@@ -699,7 +699,6 @@ def calibrate_on_val(calibration: Mapping[str, Any], val: Sequence[tuple[np.ndar
 def report(split: str, items: Sequence[Any], ctl: Controlled, out_dir: Path
            ) -> tuple[dict[str, float], str]:
     """Metrics and a markdown section of the controlled plan; writes controller.jsonl."""
-    from dutrain.evaluate.quality import psnr
 
     with open(out_dir / "controller.jsonl", "w") as fh:
         for it in items:

@@ -35,6 +35,7 @@ import numpy as np
 
 from dutrain.degrade import to_float, to_uint8
 from dutrain.errors import UserError
+from dutrain.evaluate.quality import psnr
 from dutrain.runtime.cache import cache_root
 from dutrain.schema import CLEAN, TAXONOMY, TYPES
 
@@ -99,7 +100,6 @@ def pair_records(pair: Pair, params_for: ParamsFor, read: Reading, draws: int,
     """The judge's records of one (degraded, clean, annotation) triple: every restoring type
     with the classical estimators' values (`params_for(type, reading)`; an error skips that
     candidate), `draws` random values and the true values where the pair holds the type."""
-    from dutrain.evaluate.quality import psnr
 
     deg, clean, ann = pair
     before = dict(read(deg))
